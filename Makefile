@@ -1,0 +1,56 @@
+# One entry point. Every target creates and uses the project's virtual environment itself, so a
+# fresh machine needs nothing but Python 3.11+, Go (for the e2e control plane) and make.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SOURCES := $(shell find core operator scheduler_extender kernel_image -name '*.py' 2>/dev/null)
+PYTEST_ARGS ?=
+
+.PHONY: help venv lint typecheck crds unit e2e test bench up down toolchain clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+
+# Dependencies change rarely (pyproject.toml); the package's file list changes often. The editable
+# install is a link tree (strict mode), so edits show at once and new files need a quick relink.
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=strict
+	touch $@
+
+$(VENV)/.linked: $(VENV)/.deps $(SOURCES)
+	$(BIN)/pip install -q --no-deps -e . --config-settings editable_mode=strict 2>&1 | grep -vE 'Warning|^\s*$$|!!|\*\*\*|strategy|import/use|warnings' || true
+	touch $@
+
+venv: $(VENV)/.linked  ## create or refresh the virtual environment
+
+lint: venv  ## ruff (lint and format check)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv  ## mypy over the package
+	$(BIN)/mypy -p notebookos
+
+crds: venv  ## regenerate crds/ from the API models
+	$(BIN)/notebookos crds --out crds
+
+unit: venv  ## unit and integration tests (real processes, no cluster)
+	$(BIN)/notebookos crds --out crds --check
+	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+toolchain:  ## build (or reuse) the real control plane for the e2e tier
+	bash e2e/toolchain/build.sh
+
+e2e: venv toolchain  ## e2e tests against a real kube-apiserver, scheduler, controller-manager and kwok
+	NOTEBOOKOS_K8S_BIN=$$(bash e2e/toolchain/build.sh) $(BIN)/pytest e2e $(PYTEST_ARGS)
+
+test: lint typecheck unit e2e  ## every tier, lint included (what CI runs)
+
+bench: venv  ## benchmarks: figures beside their baselines
+	$(BIN)/python -m benchmarks
+
+clean:  ## remove the virtual environment and build outputs (the toolchain cache stays)
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,394 @@
+"""Typed models of the notebookos.io/v1alpha1 API: the single source of truth.
+
+The CRD YAML in crds/ is generated from these classes (``notebookos crds``), and a test fails when
+the committed YAML drifts from them. Everything that reads or writes these resources goes through
+these models, so a field exists in exactly one place.
+
+Kubernetes-only schema facts (CEL rules, int-or-string, list semantics) ride along in
+``json_schema_extra`` under keys that start with ``x-kubernetes-``; the CRD generator copies them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "notebookos.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "notebookos"
+
+# The quantity grammar of k8s.io/apimachinery/pkg/api/resource, as used by core/v1 schemas.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+
+def immutable(message: str) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": message}]}
+
+
+def _quantity_to_str(value: Any) -> Any:
+    # Users write `cpu: 2` as often as `cpu: "2"`; both are the same quantity.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity_to_str),
+    Field(pattern=QUANTITY_PATTERN, json_schema_extra={"x-kubernetes-int-or-string": True}),
+]
+
+
+class ApiModel(BaseModel):
+    """Base: camelCase on the wire, snake_case in Python, unknown fields refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=True)
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class StatusModel(ApiModel):
+    # Status is written by controllers of different versions: tolerate fields we do not know.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", use_enum_values=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared parts
+# --------------------------------------------------------------------------------------------------
+
+
+class KernelResources(ApiModel):
+    """What one execution of a cell needs. GPUs are bound to the executing replica only while a
+    cell runs; cpu and memory are requested by every replica pod for its whole life."""
+
+    gpus: int = Field(
+        1,
+        ge=0,
+        le=8,
+        description="GPUs bound to the executing replica while a cell runs (0 for a CPU-only kernel).",
+    )
+    cpu: Quantity = Field("1", description="CPU requested by each replica pod, as a Kubernetes quantity.")
+    memory: Quantity = Field("4Gi", description="Memory requested by each replica pod, as a Kubernetes quantity.")
+    gpu_memory: Quantity | None = Field(
+        None,
+        description="Optional GPU memory per GPU the kernel needs; nodes whose GPUs have less are not used.",
+    )
+
+
+class EnvVar(ApiModel):
+    """An environment variable set in every replica of the kernel."""
+
+    name: str = Field(..., min_length=1, max_length=253, pattern=ENV_NAME_PATTERN, description="Variable name.")
+    value: str = Field("", max_length=32768, description="Variable value.")
+
+
+class Storage(ApiModel):
+    """Where large values of the kernel's state go (tensors, arrays, models): an fsspec URL."""
+
+    url: str = Field(
+        ...,
+        min_length=1,
+        max_length=2048,
+        pattern=r"^[a-z][a-z0-9+.-]*://.+$",
+        description="fsspec URL of the object store prefix, e.g. s3://bucket/notebookos or file:///mnt/shared.",
+    )
+    secret_name: str | None = Field(
+        None,
+        max_length=253,
+        pattern=DNS_LABEL_PATTERN,
+        description="Secret whose keys are passed to the replicas as environment (object-store credentials).",
+    )
+    threshold_bytes: int = Field(
+        1 << 20,
+        ge=0,
+        description="Values whose pickled size exceeds this go to the object store; smaller ones ride in the Raft log.",
+    )
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(StatusModel):
+    """A metav1.Condition: one aspect of the resource's state with the reason for it."""
+
+    type: str = Field(..., max_length=316, description="Condition type, e.g. Ready or Scheduled.")
+    status: ConditionStatus = Field(..., description="True, False or Unknown.")
+    reason: str = Field("", max_length=1024, description="One CamelCase word naming why.")
+    message: str = Field("", max_length=32768, description="A sentence for humans.")
+    last_transition_time: datetime | None = Field(None, description="When the status last changed.")
+    observed_generation: int | None = Field(
+        None, ge=0, description="The .metadata.generation the condition was computed from."
+    )
+
+    k8s_list_map_keys: ClassVar[list[str]] = ["type"]
+
+
+class ConditionType(StrEnum):
+    SCHEDULED = "Scheduled"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    GPU_UNAVAILABLE = "GPUUnavailable"
+
+
+# --------------------------------------------------------------------------------------------------
+# NotebookKernel
+# --------------------------------------------------------------------------------------------------
+
+
+class KernelPhase(StrEnum):
+    PENDING = "Pending"
+    STARTING = "Starting"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+    TERMINATING = "Terminating"
+
+
+class NotebookKernelSpec(ApiModel):
+    """The desired kernel: how many replicas, what each cell needs, which image runs it."""
+
+    replicas: int = Field(
+        3,
+        ge=1,
+        le=9,
+        description="Raft replicas of the kernel, each on a different GPU node. Odd, so a majority exists.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self % 2 == 1", "message": "replicas must be odd so that a Raft majority exists"},
+                {"rule": "self == oldSelf", "message": "replicas is immutable"},
+            ]
+        },
+    )
+    resources: KernelResources = Field(
+        default_factory=KernelResources,
+        description="GPUs per cell and the cpu and memory of each replica pod.",
+        json_schema_extra=immutable("resources is immutable; create a new kernel to change them"),
+    )
+    image: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="Kernel image; the operator's default image when unset.",
+    )
+    idle_timeout: str | None = Field(
+        None,
+        pattern=DURATION_PATTERN,
+        description="Delete the kernel after this long without a cell (a Go duration, e.g. 1h30m). Never when unset.",
+    )
+    storage: Storage | None = Field(None, description="Object store for large state values.")
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=128,
+        description="Environment variables set in every replica.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    user: str | None = Field(
+        None,
+        max_length=253,
+        description="The identity the kernel runs for (e.g. the JupyterHub user); used in labels and events.",
+        json_schema_extra=immutable("user is immutable"),
+    )
+
+
+class ConnectionPorts(StatusModel):
+    """The router's Jupyter ports on the kernel's Service."""
+
+    shell: int = Field(..., ge=1, le=65535, description="Shell channel port.")
+    iopub: int = Field(..., ge=1, le=65535, description="IOPub channel port.")
+    stdin: int = Field(..., ge=1, le=65535, description="Stdin channel port.")
+    control: int = Field(..., ge=1, le=65535, description="Control channel port.")
+    hb: int = Field(..., ge=1, le=65535, description="Heartbeat channel port.")
+
+
+class ConnectionInfo(StatusModel):
+    """How a Jupyter client reaches the kernel. The HMAC key is in the named Secret, never here."""
+
+    service_name: str = Field(..., description="Service in front of the kernel's router.")
+    host: str | None = Field(None, description="Address of the Service (its cluster IP or DNS name).")
+    transport: Literal["tcp"] = Field("tcp", description="ZeroMQ transport.")
+    signature_scheme: Literal["hmac-sha256"] = Field("hmac-sha256", description="Message signing scheme.")
+    secret_name: str = Field(..., description="Secret holding the HMAC key under the key `key`.")
+    ports: ConnectionPorts = Field(..., description="The five channel ports.")
+
+
+class NotebookKernelStatus(StatusModel):
+    """What the cluster says about the kernel, kept by the operator."""
+
+    phase: KernelPhase = Field(
+        KernelPhase.PENDING, description="Pending, Starting, Ready, Degraded, Failed or Terminating."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Scheduled, Ready, Degraded and GPUUnavailable, each with a reason and message.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    replicas: int = Field(0, ge=0, description="Replicas that exist.")
+    ready_replicas: int = Field(0, ge=0, description="Replicas whose pods are ready.")
+    executor: str | None = Field(None, description="Replica that ran the last cell.")
+    connection: ConnectionInfo | None = Field(None, description="How clients connect; set once the router exists.")
+    cells: int = Field(0, ge=0, description="Cells executed.")
+    migrations: int = Field(0, ge=0, description="Replicas moved to another node because theirs had no GPU.")
+    replacements: int = Field(0, ge=0, description="Replicas recreated after their pod or node was lost.")
+    last_activity: datetime | None = Field(None, description="When the last cell finished.")
+    observed_generation: int | None = Field(None, ge=0, description="The generation this status describes.")
+
+
+class ObjectMeta(ApiModel):
+    """The part of metav1.ObjectMeta this project reads and writes."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    name: str | None = None
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class _Resource(ApiModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    api_version: Literal["notebookos.io/v1alpha1"] = "notebookos.io/v1alpha1"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+
+
+class NotebookKernel(_Resource):
+    """A Jupyter kernel that runs as Raft-synchronised replicas on different GPU nodes, binding GPUs
+    only while a cell executes."""
+
+    kind: Literal["NotebookKernel"] = "NotebookKernel"
+    spec: NotebookKernelSpec = Field(default_factory=NotebookKernelSpec)
+    status: NotebookKernelStatus = Field(default_factory=NotebookKernelStatus)
+
+    crd_plural: ClassVar[str] = "notebookkernels"
+    crd_short_names: ClassVar[list[str]] = ["nbk"]
+    crd_printer_columns: ClassVar[list[dict[str, Any]]] = [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Ready", "type": "string", "jsonPath": ".status.readyReplicas"},
+        {"name": "Executor", "type": "string", "jsonPath": ".status.executor"},
+        {"name": "GPUs", "type": "integer", "jsonPath": ".spec.resources.gpus"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# KernelReplica
+# --------------------------------------------------------------------------------------------------
+
+
+class ReplicaPhase(StrEnum):
+    PENDING = "Pending"
+    SCHEDULED = "Scheduled"
+    RUNNING = "Running"
+    READY = "Ready"
+    FAILED = "Failed"
+    MIGRATING = "Migrating"
+
+
+class RaftRole(StrEnum):
+    LEADER = "Leader"
+    FOLLOWER = "Follower"
+    CANDIDATE = "Candidate"
+    UNKNOWN = "Unknown"
+
+
+class KernelReplicaSpec(ApiModel):
+    """One Raft member of a NotebookKernel. Created by the operator, owned by its kernel."""
+
+    kernel_name: str = Field(
+        ...,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_LABEL_PATTERN,
+        description="The NotebookKernel this replica belongs to (same namespace).",
+        json_schema_extra=immutable("kernelName is immutable"),
+    )
+    replica_id: int = Field(
+        ...,
+        ge=1,
+        le=9,
+        description="Raft member id, stable for the replica's life, also across pod replacements.",
+        json_schema_extra=immutable("replicaId is immutable"),
+    )
+    resources: KernelResources = Field(
+        default_factory=KernelResources, description="Copied from the kernel when the replica is made."
+    )
+    image: str | None = Field(None, max_length=1024, description="Kernel image of the replica's pod.")
+
+
+class RaftStatus(StatusModel):
+    """Raft state as the replica last reported it."""
+
+    role: RaftRole = Field(RaftRole.UNKNOWN, description="Leader, Follower, Candidate or Unknown.")
+    term: int = Field(0, ge=0, description="Current Raft term.")
+    commit_index: int = Field(0, ge=0, description="Highest log index known committed.")
+
+
+class GpuBinding(StatusModel):
+    """GPUs the broker granted to this replica for one execution. Durable record of the grant:
+    the broker rebuilds its ledger from these after a restart."""
+
+    node: str = Field(..., description="Node whose devices are granted.")
+    devices: list[str] = Field(..., description="Device UUIDs granted.")
+    execution_id: str = Field(..., min_length=1, description="The execution (cell) the grant is for.")
+    since: datetime = Field(..., description="When the grant was made.")
+    grant_seq: int = Field(0, ge=0, description="Broker sequence number; a later grant has a larger one.")
+
+
+class KernelReplicaStatus(StatusModel):
+    """What the cluster and the replica itself say about this replica."""
+
+    phase: ReplicaPhase = Field(
+        ReplicaPhase.PENDING, description="Pending, Scheduled, Running, Ready, Failed or Migrating."
+    )
+    pod_name: str | None = Field(None, description="The replica's current pod.")
+    node_name: str | None = Field(None, description="The node the pod runs on.")
+    pod_ip: str | None = Field(None, description="The pod's IP, where peers reach its Raft port.")
+    raft: RaftStatus | None = Field(None, description="Raft state reported by the replica.")
+    gpu_binding: GpuBinding | None = Field(None, description="Current GPU grant, absent when the replica holds none.")
+    last_heartbeat: datetime | None = Field(None, description="When the replica last reported.")
+    incarnation: int = Field(0, ge=0, description="How many pods this replica has had (replacements and migrations).")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Conditions of the replica.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int | None = Field(None, ge=0, description="The generation this status describes.")
+
+
+class KernelReplica(_Resource):
+    """One Raft member of a NotebookKernel, placed on its own GPU node."""
+
+    kind: Literal["KernelReplica"] = "KernelReplica"
+    spec: KernelReplicaSpec
+    status: KernelReplicaStatus = Field(default_factory=KernelReplicaStatus)
+
+    crd_plural: ClassVar[str] = "kernelreplicas"
+    crd_short_names: ClassVar[list[str]] = ["nbr"]
+    crd_printer_columns: ClassVar[list[dict[str, Any]]] = [
+        {"name": "Kernel", "type": "string", "jsonPath": ".spec.kernelName"},
+        {"name": "ID", "type": "integer", "jsonPath": ".spec.replicaId"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Node", "type": "string", "jsonPath": ".status.nodeName"},
+        {"name": "Role", "type": "string", "jsonPath": ".status.raft.role"},
+        {"name": "GPUs", "type": "string", "jsonPath": ".status.gpuBinding.devices", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+
+RESOURCES: tuple[type[NotebookKernel] | type[KernelReplica], ...] = (NotebookKernel, KernelReplica)

@@ -1,0 +1,29 @@
+"""The `notebookos` command. Each subcommand lives in the module that does the work; this file only
+names them, so a subcommand's imports (kubernetes, matplotlib, ...) load only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help). The module defines add_arguments(parser) and run(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "crds": ("notebookos.api.cmd_crds", "write (or --check) the CRD YAML generated from the API models"),
+    "validate": ("notebookos.api.cmd_validate", "check manifests against the CRD schemas, offline"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="notebookos", description="NotebookOS for Kubernetes")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    args = parser.parse_args(argv)
+    return int(importlib.import_module(args._module).run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

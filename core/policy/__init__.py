@@ -1,0 +1,1 @@
+"""Pure placement, oversubscription, ledger and autoscaling policy, shared by the live components and the simulator."""

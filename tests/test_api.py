@@ -1,0 +1,143 @@
+"""The API: models, generated CRDs and examples agree; invalid examples fail as documented."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from notebookos.api import KernelReplica, NotebookKernel
+from notebookos.api.crd import all_crds, crd, model_schema, type_schema
+from notebookos.api.models import RESOURCES
+from notebookos.api.validate import validate
+from pydantic import BaseModel, Field
+
+ROOT = Path(__file__).resolve().parents[1]
+VALID = sorted((ROOT / "examples").glob("*.yaml"))
+INVALID = sorted((ROOT / "examples" / "invalid").glob("*.yaml"))
+
+
+def expected_error(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: "), f"{path} must start with '# expect: <message>'"
+    return first.removeprefix("# expect: ")
+
+
+def test_examples_exist() -> None:
+    assert {p.name for p in VALID} >= {"minimal.yaml", "full.yaml"}
+    assert len(INVALID) >= 8
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.name)
+def test_valid_example_passes_schema_and_model(path: Path) -> None:
+    doc = yaml.safe_load(path.read_text())
+    assert validate(doc) == []
+    model = {"NotebookKernel": NotebookKernel, "KernelReplica": KernelReplica}[doc["kind"]]
+    parsed = model.model_validate(doc)
+    assert parsed.metadata.name == doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
+def test_invalid_example_fails_with_documented_message(path: Path) -> None:
+    errors = validate(yaml.safe_load(path.read_text()))
+    want = expected_error(path)
+    assert any(want in e for e in errors), f"{path.name}: wanted {want!r} in {errors}"
+
+
+def test_invalid_examples_are_documented() -> None:
+    table = (ROOT / "examples" / "invalid" / "README.md").read_text()
+    for path in INVALID:
+        assert path.name in table
+
+
+def test_committed_crds_match_models() -> None:
+    for name, text in all_crds().items():
+        committed = (ROOT / "crds" / name).read_text()
+        assert committed == text, f"crds/{name} drifted from core/api/models.py: run `notebookos crds`"
+
+
+def test_drift_is_detected() -> None:
+    """A field added to a model changes the generated schema, so the check above would fail."""
+
+    class Spec(BaseModel):
+        gpus: int = Field(1, ge=0, description="GPUs")
+
+    class SpecPlus(Spec):
+        extra: int = Field(0, description="new")
+
+    assert model_schema(Spec) != model_schema(SpecPlus)
+
+
+def _walk(model: type[BaseModel], schema: dict[str, Any], where: str) -> None:
+    props = schema["properties"]
+    aliases = {f.alias or n: (n, f) for n, f in model.model_fields.items()}
+    assert set(props) == set(aliases), f"{where}: CRD has {sorted(props)}, model has {sorted(aliases)}"
+    for alias, (_, field) in aliases.items():
+        sub = props[alias]
+        assert sub.get("description"), f"{where}.{alias} has no description"
+        assert (alias in schema.get("required", [])) == field.is_required(), f"{where}.{alias} required"
+        nested = type_schema(field.annotation)
+        if nested.get("type") == "object" and "properties" in nested:
+            inner = field.annotation
+            for cand in getattr(inner, "__args__", (inner,)):
+                if isinstance(cand, type) and issubclass(cand, BaseModel):
+                    _walk(cand, sub, f"{where}.{alias}")
+        if nested.get("type") == "array" and "properties" in nested.get("items", {}):
+            (item,) = field.annotation.__args__  # type: ignore[union-attr]
+            _walk(item, sub["items"], f"{where}.{alias}[]")
+
+
+@pytest.mark.parametrize("model", RESOURCES, ids=lambda m: m.__name__)
+def test_model_and_crd_agree_field_by_field(model: type[NotebookKernel] | type[KernelReplica]) -> None:
+    schema = crd(model)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    for part in ("spec", "status"):
+        annotation = model.model_fields[part].annotation
+        assert isinstance(annotation, type)
+        _walk(annotation, schema[part], part)
+
+
+def test_crd_defaults_are_model_defaults() -> None:
+    spec = crd(NotebookKernel)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    model = NotebookKernel.model_validate({"metadata": {"name": "x"}, "spec": {}})
+    assert spec["properties"]["replicas"]["default"] == model.spec.replicas == 3
+    assert spec["properties"]["resources"]["properties"]["gpus"]["default"] == model.spec.resources.gpus
+
+
+def test_crd_printer_columns_and_names() -> None:
+    spec = crd(NotebookKernel)["spec"]
+    assert spec["names"]["categories"] == ["notebookos"]
+    assert spec["names"]["shortNames"] == ["nbk"]
+    cols = [c["name"] for c in spec["versions"][0]["additionalPrinterColumns"]]
+    assert cols == ["Phase", "Ready", "Executor", "GPUs", "Age"]
+    assert spec["versions"][0]["subresources"] == {"status": {}}
+
+
+def test_immutable_fields_refuse_updates() -> None:
+    old = yaml.safe_load((ROOT / "examples" / "minimal.yaml").read_text())
+    old["spec"] = {"replicas": 3}
+    new = {**old, "spec": {"replicas": 5}}
+    assert any("replicas is immutable" in e for e in validate(new, old=old))
+    assert validate(old, old=old) == []
+
+
+def test_quantities_accept_numbers() -> None:
+    k = NotebookKernel.model_validate({"spec": {"resources": {"cpu": 2, "memory": "8Gi"}}})
+    assert k.spec.resources.cpu == "2"
+
+
+def test_stdlib_operator_not_shadowed() -> None:
+    """From the repository root, `import operator` must still be the standard library's."""
+    code = "import operator, notebookos.operator; assert operator.__file__.endswith('operator.py'), operator.__file__"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_cli_check_reports_drift(tmp_path: Path) -> None:
+    from notebookos.cli import main
+
+    assert main(["crds", "--out", str(tmp_path)]) == 0
+    assert main(["crds", "--out", str(tmp_path), "--check"]) == 0
+    (tmp_path / "notebookkernels.yaml").write_text("stale\n")
+    assert main(["crds", "--out", str(tmp_path), "--check"]) == 1
