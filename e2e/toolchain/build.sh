@@ -88,10 +88,10 @@ log "go install kwok@$KWOK_VERSION"
 (cd "$work" && CGO_ENABLED=0 GOBIN="$DEST/bin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION") >&2
 kwok_dir=$(cd "$work" && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
 mkdir -p "$DEST/kwok-stages"
-cp "$kwok_dir/kustomize/stage/node/fast/node-initialize.yaml" \
-   "$kwok_dir/kustomize/stage/node/heartbeat-with-lease/"*.yaml \
-   "$kwok_dir/kustomize/stage/pod/fast/"*.yaml "$DEST/kwok-stages/"
-chmod -R u+w "$DEST/kwok-stages"
+for stage in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+             pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+  install -m 0644 "$kwok_dir/kustomize/stage/$stage.yaml" "$DEST/kwok-stages/"
+done
 
 # --- etcd from Debian, unpacked privately ----------------------------------------------------------
 log "etcd from Debian $ETCD_SUITE"
