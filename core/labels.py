@@ -1,0 +1,35 @@
+"""Names shared by every component: labels, annotations, taints, the scheduler's name.
+
+One place, so the operator's builders, the extender, the broker, the node agent, the e2e test bed
+and the chart cannot disagree.
+"""
+
+from __future__ import annotations
+
+DOMAIN = "notebookos.io"
+
+# GPU node pool: nodes NotebookOS may place replicas on carry this label and taint.
+GPU_POOL_LABEL = f"{DOMAIN}/gpu-pool"
+GPU_POOL_VALUE = "true"
+GPU_TAINT_KEY = f"{DOMAIN}/gpu"
+GPU_TAINT_VALUE = "present"
+GPU_TAINT_EFFECT = "NoSchedule"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+# Published by the node agent on each GPU node: JSON list of
+# {"index": int, "uuid": str, "memoryMiB": int, "model": str, "healthy": bool}.
+GPU_INVENTORY_ANNOTATION = f"{DOMAIN}/gpu-inventory"
+
+# The second scheduler that calls the extender.
+SCHEDULER_NAME = "notebookos-scheduler"
+
+# Labels on everything the operator makes.
+KERNEL_LABEL = f"{DOMAIN}/kernel"  # value: kernel name
+REPLICA_ID_LABEL = f"{DOMAIN}/replica-id"  # value: Raft id
+COMPONENT_LABEL = f"{DOMAIN}/component"  # replica | router
+REPLICA_GPUS_ANNOTATION = f"{DOMAIN}/gpus"  # per-cell GPUs of the kernel, read by the extender
+MANAGED_BY = "notebookos-operator"
+
+# e2e only: pods with this label on kwok nodes are started as local processes by the process runner.
+RUNNER_LABEL = f"{DOMAIN}/runner"
+RUNNER_VALUE = "process"

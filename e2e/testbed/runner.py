@@ -1,0 +1,278 @@
+"""The process runner: kwok runs no containers, so this starts this project's pods as local processes.
+
+Only pods labelled ``notebookos.io/runner=process`` and bound to a kwok node are run. Each gets its
+first container's command and args ($(VAR) expanded as the kubelet does), its environment with
+values from Secrets, ConfigMaps and the downward API, ``POD_IP`` (a loopback address from kwok's
+pod CIDR, so the process can bind it), a service-account folder with a token bound to the pod
+(``NOTEBOOKOS_SA_DIR``) and the API server's address. Paths under emptyDir mounts are remapped to
+a private folder per pod. The process is stopped when the pod is deleted; when it exits on its own,
+the pod is reported Failed. Test-only and deliberately small.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from notebookos import labels
+
+from .cluster import Cluster
+
+_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion; $$(VAR) escapes it, unknown variables stay as written."""
+    out, i = [], 0
+    while i < len(value):
+        if value.startswith("$$(", i):
+            out.append("$(")
+            i += 3
+            continue
+        m = _VAR.match(value, i)
+        if m and m.group(1) in env:
+            out.append(env[m.group(1)])
+            i = m.end()
+            continue
+        out.append(value[i])
+        i += 1
+    return "".join(out)
+
+
+@dataclass
+class Running:
+    uid: str
+    namespace: str
+    name: str
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    log: Path
+
+
+class ProcessRunner:
+    def __init__(self, cluster: Cluster, interval: float = 0.3) -> None:
+        self.cluster = cluster
+        self.core = client.CoreV1Api(cluster.api())
+        self.interval = interval
+        self.running: dict[str, Running] = {}
+        self.finished: set[str] = set()
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="process-runner", daemon=True)
+        self.root = cluster.root / "pods"
+        self.root.mkdir(exist_ok=True)
+
+    def start(self) -> ProcessRunner:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for uid in list(self.running):
+            self._terminate(uid)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sync()
+            except Exception as exc:  # keep running; tests read self.errors when something is off
+                self.errors.append(repr(exc))
+            self._stop.wait(self.interval)
+
+    def _sync(self) -> None:
+        pods = self.core.list_pod_for_all_namespaces(
+            label_selector=f"{labels.RUNNER_LABEL}={labels.RUNNER_VALUE}"
+        ).items
+        live = {p.metadata.uid: p for p in pods}
+        for uid in list(self.running):
+            pod = live.get(uid)
+            if pod is None or pod.metadata.deletion_timestamp is not None:
+                self._terminate(uid)
+        for uid, run in list(self.running.items()):
+            code = run.proc.poll()
+            if code is not None:
+                del self.running[uid]
+                self.finished.add(uid)
+                self._report_exit(run, code)
+        for uid, pod in live.items():
+            if uid in self.running or uid in self.finished:
+                continue
+            if pod.metadata.deletion_timestamp is not None or not pod.spec.node_name:
+                continue
+            if pod.status.phase != "Running" or not pod.status.pod_ip:
+                continue
+            try:
+                self._start(pod)
+            except Exception as exc:
+                self.finished.add(uid)
+                self.errors.append(f"{pod.metadata.namespace}/{pod.metadata.name}: {exc!r}")
+                self._patch_failed(pod.metadata.namespace, pod.metadata.name, 127, f"runner could not start: {exc}")
+
+    # ------------------------------------------------------------------------------------------
+
+    def _env(self, pod: Any, workdir: Path) -> dict[str, str]:
+        ns = pod.metadata.namespace
+        container = pod.spec.containers[0]
+        env: dict[str, str] = {}
+        for src in container.env_from or []:
+            if src.config_map_ref is not None:
+                data = self.core.read_namespaced_config_map(src.config_map_ref.name, ns).data or {}
+            else:
+                raw = self.core.read_namespaced_secret(src.secret_ref.name, ns).data or {}
+                data = {k: base64.b64decode(v).decode() for k, v in raw.items()}
+            env.update({f"{src.prefix or ''}{k}": v for k, v in data.items()})
+        for var in container.env or []:
+            if var.value_from is None:
+                env[var.name] = expand(var.value or "", env)
+                continue
+            vf = var.value_from
+            if vf.secret_key_ref is not None:
+                raw = self.core.read_namespaced_secret(vf.secret_key_ref.name, ns).data or {}
+                env[var.name] = base64.b64decode(raw[vf.secret_key_ref.key]).decode()
+            elif vf.config_map_key_ref is not None:
+                data = self.core.read_namespaced_config_map(vf.config_map_key_ref.name, ns).data or {}
+                env[var.name] = data[vf.config_map_key_ref.key]
+            elif vf.field_ref is not None:
+                env[var.name] = self._field(pod, vf.field_ref.field_path)
+            else:
+                raise ValueError(f"env {var.name}: unsupported valueFrom (resourceFieldRef is not run here)")
+        # emptyDir mounts are remapped to a private folder per pod.
+        volumes = {v.name: v for v in pod.spec.volumes or []}
+        for mount in container.volume_mounts or []:
+            vol = volumes.get(mount.name)
+            if vol is not None and vol.empty_dir is not None:
+                local = workdir / "volumes" / mount.name
+                local.mkdir(parents=True, exist_ok=True)
+                env = {k: v.replace(mount.mount_path, str(local)) for k, v in env.items()}
+        return env
+
+    @staticmethod
+    def _field(pod: Any, path: str) -> str:
+        m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
+        if m:
+            return str((getattr(pod.metadata, m.group(1)) or {}).get(m.group(2), ""))
+        simple = {
+            "metadata.name": pod.metadata.name,
+            "metadata.namespace": pod.metadata.namespace,
+            "metadata.uid": pod.metadata.uid,
+            "spec.nodeName": pod.spec.node_name,
+            "spec.serviceAccountName": pod.spec.service_account_name,
+            "status.podIP": pod.status.pod_ip,
+            "status.hostIP": pod.status.host_ip,
+        }
+        if path not in simple:
+            raise ValueError(f"unsupported fieldRef {path}")
+        return str(simple[path] or "")
+
+    def _service_account_dir(self, pod: Any, workdir: Path) -> Path:
+        sa_dir = workdir / "serviceaccount"
+        sa_dir.mkdir(parents=True, exist_ok=True)
+        sa = pod.spec.service_account_name or "default"
+        if pod.spec.automount_service_account_token is not False:
+            req = client.AuthenticationV1TokenRequest(
+                spec=client.V1TokenRequestSpec(
+                    audiences=["https://kubernetes.default.svc.cluster.local"],
+                    expiration_seconds=3600,
+                    bound_object_ref=client.V1BoundObjectReference(
+                        kind="Pod", api_version="v1", name=pod.metadata.name, uid=pod.metadata.uid
+                    ),
+                )
+            )
+            token = self.core.create_namespaced_service_account_token(sa, pod.metadata.namespace, req)
+            (sa_dir / "token").write_text(token.status.token)
+        shutil.copy(self.cluster.pki.ca_cert, sa_dir / "ca.crt")
+        (sa_dir / "namespace").write_text(pod.metadata.namespace)
+        return sa_dir
+
+    def _start(self, pod: Any) -> None:
+        ns, name, uid = pod.metadata.namespace, pod.metadata.name, pod.metadata.uid
+        workdir = self.root / f"{ns}-{name}-{uid[:8]}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        env = self._env(pod, workdir)
+        host, port = self.cluster.server.removeprefix("https://").rsplit(":", 1)
+        env.update(
+            {
+                "POD_IP": pod.status.pod_ip,
+                "HOSTNAME": name,
+                "HOME": str(workdir),
+                "TMPDIR": str(workdir),
+                "KUBERNETES_SERVICE_HOST": host,
+                "KUBERNETES_SERVICE_PORT": port,
+                "NOTEBOOKOS_SA_DIR": str(self._service_account_dir(pod, workdir)),
+                "PATH": os.environ.get("PATH", ""),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        container = pod.spec.containers[0]
+        argv = [expand(a, env) for a in [*(container.command or []), *(container.args or [])]]
+        if not argv:
+            raise ValueError("the container has no command: the runner cannot know what the image would run")
+        if argv[0] in ("python", "python3"):
+            argv[0] = sys.executable  # the project's environment stands in for the image's
+        log = self.cluster.logs_dir / f"pod-{ns}-{name}-{uid[:8]}.log"
+        with log.open("ab") as fh:
+            proc = subprocess.Popen(
+                argv, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True
+            )
+        self.running[uid] = Running(uid, ns, name, proc, workdir, log)
+
+    def _terminate(self, uid: str) -> None:
+        run = self.running.pop(uid, None)
+        self.finished.add(uid)
+        if run is None or run.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.proc.pid, signal.SIGTERM)
+        try:
+            run.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.proc.pid, signal.SIGKILL)
+            run.proc.wait(5)
+
+    def _report_exit(self, run: Running, code: int) -> None:
+        self._patch_failed(run.namespace, run.name, code, f"process exited with code {code}")
+
+    def _patch_failed(self, ns: str, name: str, code: int, message: str) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        body = {
+            "status": {
+                "phase": "Failed" if code != 0 else "Succeeded",
+                "message": message,
+                "reason": "ProcessExited",
+                "conditions": [
+                    {"type": "Ready", "status": "False", "reason": "ProcessExited", "lastTransitionTime": now},
+                    {
+                        "type": "ContainersReady",
+                        "status": "False",
+                        "reason": "ProcessExited",
+                        "lastTransitionTime": now,
+                    },
+                ],
+            }
+        }
+        with contextlib.suppress(ApiException):
+            self.core.patch_namespaced_pod_status(name, ns, body)
+
+    def pid_of(self, namespace: str, name: str) -> int | None:
+        for run in self.running.values():
+            if (run.namespace, run.name) == (namespace, name):
+                return run.proc.pid
+        return None
