@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel, Field
+
 from notebookos.api import KernelReplica, NotebookKernel
 from notebookos.api.crd import all_crds, crd, model_schema, type_schema
 from notebookos.api.models import RESOURCES
 from notebookos.api.validate import validate
-from pydantic import BaseModel, Field
 
 ROOT = Path(__file__).resolve().parents[1]
 VALID = sorted((ROOT / "examples").glob("*.yaml"))
