@@ -113,6 +113,12 @@ def rank_key(node: NodeView, replicas: int = DEFAULT_REPLICAS) -> tuple[int, flo
     return (-node.idle, subscription(node, replicas), node.name)
 
 
+def pack_key(node: NodeView, replicas: int = DEFAULT_REPLICAS) -> tuple[int, float, str]:
+    """Sort key for best fit, best first: fewest idle GPUs, then highest subscription, then name.
+    Keeps whole nodes free for large requests (used by the simulator's packing policies)."""
+    return (node.idle, -subscription(node, replicas), node.name)
+
+
 def score_nodes(nodes: Sequence[NodeView], replicas: int = DEFAULT_REPLICAS) -> dict[str, int]:
     """Extender scores in 0..MAX_EXTENDER_PRIORITY that preserve `rank_key`'s order as far as the
     integer range allows: idle GPUs dominate, subscription breaks ties."""
