@@ -1,0 +1,187 @@
+"""Where the broker's grants live durably: each KernelReplica's ``status.gpuBinding``.
+
+The broker writes a grant there before it answers, and clears it on release, so after a restart it
+rebuilds exactly the grants it ever answered (and perhaps one it wrote but could not answer, which
+the caller's retry with the same execution id gets back). A memory store with the same contract
+serves unit tests; the API server is the store in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any, Protocol
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from notebookos.api.models import GROUP, VERSION, GpuBinding, KernelReplica
+from notebookos.policy.ledger import Grant
+
+
+class StoreError(RuntimeError):
+    """The durable record could not be written; the broker answers 503 and changes nothing."""
+
+
+class BindingStore(Protocol):
+    async def load(self) -> list[Grant]: ...
+
+    async def write(self, grant: Grant) -> None: ...
+
+    async def clear(self, grant: Grant) -> None:
+        """Remove the record of this grant, and only of this one (a newer grant stays)."""
+        ...
+
+
+def split_kernel(kernel: str) -> tuple[str, str]:
+    ns, _, name = kernel.partition("/")
+    return ns, name
+
+
+def grant_to_binding(grant: Grant, since: dt.datetime | None = None) -> dict[str, Any]:
+    return GpuBinding(
+        node=grant.node,
+        devices=list(grant.devices),
+        execution_id=grant.execution_id,
+        since=since or dt.datetime.now(dt.UTC),
+        grant_seq=grant.seq,
+    ).to_wire()
+
+
+def grant_from_replica(obj: dict[str, Any]) -> Grant | None:
+    raw = (obj.get("status") or {}).get("gpuBinding")
+    if not raw:
+        return None
+    b = GpuBinding.model_validate(raw)
+    spec = obj.get("spec") or {}
+    ns = (obj.get("metadata") or {}).get("namespace") or "default"
+    return Grant(
+        kernel=f"{ns}/{spec['kernelName']}",
+        replica=int(spec["replicaId"]),
+        node=b.node,
+        devices=tuple(b.devices),
+        execution_id=b.execution_id,
+        seq=b.grant_seq,
+    )
+
+
+class MemoryBindingStore:
+    """The same contract in memory, keyed by (kernel, replica), with optional latency."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.records: dict[tuple[str, int], Grant] = {}
+        self.delay_s = delay_s
+        self.fail_writes = False
+
+    async def load(self) -> list[Grant]:
+        return list(self.records.values())
+
+    async def write(self, grant: Grant) -> None:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail_writes:
+            raise StoreError("store unavailable (test)")
+        self.records[(grant.kernel, grant.replica)] = grant
+
+    async def clear(self, grant: Grant) -> None:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail_writes:
+            raise StoreError("store unavailable (test)")
+        key = (grant.kernel, grant.replica)
+        current = self.records.get(key)
+        if current is not None and current.execution_id == grant.execution_id:
+            del self.records[key]
+
+
+class KubeBindingStore:
+    """KernelReplica status.gpuBinding through the status subresource (official kubernetes client,
+    run in a worker thread so the event loop keeps serving)."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._custom = client.CustomObjectsApi(api)
+        self._names: dict[tuple[str, int], str] = {}  # (ns/kernel, replica id) -> KernelReplica name
+
+    def _list(self, namespace: str | None = None, kernel: str | None = None) -> list[dict[str, Any]]:
+        kw: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": KernelReplica.crd_plural}
+        if namespace is None:
+            data: Any = self._custom.list_cluster_custom_object(**kw)
+        else:
+            data = self._custom.list_namespaced_custom_object(namespace=namespace, **kw)
+        items: list[dict[str, Any]] = data.get("items") or []
+        if kernel is not None:
+            items = [o for o in items if (o.get("spec") or {}).get("kernelName") == kernel]
+        return items
+
+    def _name_of(self, kernel: str, replica: int, refresh: bool = False) -> str:
+        key = (kernel, replica)
+        if refresh or key not in self._names:
+            ns, name = split_kernel(kernel)
+            for o in self._list(ns, name):
+                self._names[(kernel, int(o["spec"]["replicaId"]))] = o["metadata"]["name"]
+        if key not in self._names:
+            raise StoreError(f"no KernelReplica with kernelName={split_kernel(kernel)[1]} replicaId={replica}")
+        return self._names[key]
+
+    def _patch(self, kernel: str, replica: int, body: Any) -> None:
+        ns, _ = split_kernel(kernel)
+        kw: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": KernelReplica.crd_plural, "namespace": ns}
+        for attempt in (0, 1):
+            name = self._name_of(kernel, replica, refresh=attempt > 0)
+            try:
+                self._custom.patch_namespaced_custom_object_status(name=name, body=body, **kw)
+                return
+            except ApiException as e:
+                if e.status == 404 and attempt == 0:
+                    continue  # replica recreated under another name: look it up again
+                raise
+
+    async def load(self) -> list[Grant]:
+        items = await asyncio.to_thread(self._list)
+        grants = []
+        for o in items:
+            self._names[(f"{o['metadata']['namespace']}/{o['spec']['kernelName']}", int(o["spec"]["replicaId"]))] = o[
+                "metadata"
+            ]["name"]
+            g = grant_from_replica(o)
+            if g is not None:
+                grants.append(g)
+        return grants
+
+    async def write(self, grant: Grant) -> None:
+        body = {"status": {"gpuBinding": grant_to_binding(grant)}}
+        try:
+            await asyncio.to_thread(self._patch, grant.kernel, grant.replica, body)
+        except ApiException as e:
+            raise StoreError(f"writing status.gpuBinding: {e.status} {e.reason}") from None
+
+    async def clear(self, grant: Grant) -> None:
+        # JSON patch with a test: only this execution's record is removed, never a newer one.
+        body = [
+            {"op": "test", "path": "/status/gpuBinding/executionId", "value": grant.execution_id},
+            {"op": "remove", "path": "/status/gpuBinding"},
+        ]
+        try:
+            await asyncio.to_thread(self._patch, grant.kernel, grant.replica, body)
+        except StoreError:
+            return  # the replica is gone: nothing to clear
+        except ApiException as e:
+            if e.status == 404 or not await asyncio.to_thread(self._holds, grant):
+                return  # gone, or the record is another execution's (the test op failed)
+            raise StoreError(f"clearing status.gpuBinding: {e.status} {e.reason}") from None
+
+    def _holds(self, grant: Grant) -> bool:
+        """Whether the replica's record still names this grant's execution."""
+        ns, _ = split_kernel(grant.kernel)
+        try:
+            obj: Any = self._custom.get_namespaced_custom_object_status(
+                group=GROUP,
+                version=VERSION,
+                plural=KernelReplica.crd_plural,
+                namespace=ns,
+                name=self._name_of(grant.kernel, grant.replica),
+            )
+        except (ApiException, StoreError):
+            return True  # cannot tell: report the failure, the caller retries
+        current = grant_from_replica(obj)
+        return current is not None and current.execution_id == grant.execution_id

@@ -1,0 +1,137 @@
+"""Entry point of the GPU broker: ``python -m notebookos.extender.broker_main``.
+
+Rebuilds its ledger from KernelReplica status.gpuBinding records, watches the GPU pool's nodes for
+their inventory (the node agent's annotation), and serves the acquire/release API. Flags fall back
+to NOTEBOOKOS_BROKER_* environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from typing import Any
+
+from aiohttp import web
+from kubernetes import client
+
+from notebookos.labels import GPU_INVENTORY_ANNOTATION, GPU_POOL_LABEL, GPU_POOL_VALUE
+
+from .auth import TokenReviewAuthenticator
+from .binding_store import KubeBindingStore
+from .broker import Broker
+from .broker_app import make_broker_app
+from .cluster_state import parse_inventory
+from .informer import Informer
+from .kube import api_client
+
+log = logging.getLogger(__name__)
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"NOTEBOOKOS_BROKER_{name}", default)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="notebookos-broker", description=__doc__)
+    p.add_argument("--host", default=_env("HOST", "0.0.0.0"), help="listen address (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=int(_env("PORT", "8889")), help="listen port (default 8889)")
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="kubeconfig; in-cluster when unset")
+    p.add_argument(
+        "--admin",
+        action="append",
+        default=[a for a in _env("ADMINS", "").split(",") if a],
+        help="user allowed to act for every kernel and list grants (repeatable), "
+        "e.g. system:serviceaccount:notebookos-system:notebookos-node-agent",
+    )
+    p.add_argument(
+        "--audience",
+        action="append",
+        default=[a for a in _env("AUDIENCES", "").split(",") if a],
+        help="token audience the broker requires (repeatable); the API server's default when unset",
+    )
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    return p.parse_args(argv)
+
+
+def inventory_of(node: dict[str, Any]) -> tuple[list[str], list[str]] | None:
+    raw = ((node.get("metadata") or {}).get("annotations") or {}).get(GPU_INVENTORY_ANNOTATION)
+    if raw is None:
+        return None
+    try:
+        inv = parse_inventory(raw)
+    except ValueError as e:
+        log.warning("node %s: %s", node["metadata"]["name"], e)
+        return None
+    devices = [d["uuid"] for d in sorted(inv, key=lambda d: d.get("index", 0))]
+    return devices, [d["uuid"] for d in inv if d.get("healthy", True)]
+
+
+def watch_inventory(api: client.ApiClient, broker: Broker, loop: asyncio.AbstractEventLoop) -> Informer:
+    """Node inventory into the ledger; ledger calls are made on the event loop's thread."""
+
+    def apply(node: dict[str, Any], deleted: bool = False) -> None:
+        name = node["metadata"]["name"]
+        inv = None if deleted else inventory_of(node)
+        if inv is None:
+            loop.call_soon_threadsafe(broker.remove_node, name)
+        else:
+            loop.call_soon_threadsafe(broker.set_inventory, name, inv[0], inv[1])
+
+    def replace(items: list[dict[str, Any]]) -> None:
+        for n in items:
+            apply(n)
+
+    informer = Informer(
+        "nodes",
+        client.CoreV1Api(api).list_node,
+        replace,
+        lambda kind, o: apply(o, kind == "DELETED"),
+        label_selector=f"{GPU_POOL_LABEL}={GPU_POOL_VALUE}",
+    )
+    return informer.start()
+
+
+async def serve(args: argparse.Namespace) -> None:
+    api = api_client(args.kubeconfig)
+    broker = Broker(KubeBindingStore(api))
+    informer = watch_inventory(api, broker, asyncio.get_running_loop())
+    auth = TokenReviewAuthenticator(api, admins=frozenset(args.admin), audiences=args.audience or None)
+    runner = web.AppRunner(make_broker_app(broker, auth), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, args.host, args.port).start()
+    while True:  # the CRD may not be installed yet: keep trying, stay not-ready meanwhile
+        try:
+            dropped = await broker.start()
+            break
+        except Exception as e:
+            log.warning("rebuilding the ledger: %s; retrying", e)
+            await asyncio.sleep(2)
+    log.info(
+        "broker ready on %s:%d: %d grants rebuilt, %d stale dropped",
+        args.host,
+        args.port,
+        len(broker.ledger.grants()),
+        len(dropped),
+    )
+    try:
+        await asyncio.Event().wait()
+    finally:
+        informer.stop()
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(args))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
