@@ -142,3 +142,12 @@ def test_cli_check_reports_drift(tmp_path: Path) -> None:
     assert main(["crds", "--out", str(tmp_path), "--check"]) == 0
     (tmp_path / "notebookkernels.yaml").write_text("stale\n")
     assert main(["crds", "--out", str(tmp_path), "--check"]) == 1
+
+
+def test_models_refuse_even_replicas_with_the_crd_message() -> None:
+    from pydantic import ValidationError
+
+    from notebookos.api.models import ODD_REPLICAS
+
+    with pytest.raises(ValidationError, match=ODD_REPLICAS):
+        NotebookKernel.model_validate({"spec": {"replicas": 4}})

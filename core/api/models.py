@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "notebookos.io"
@@ -29,6 +29,7 @@ QUANTITY_PATTERN = (
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+ODD_REPLICAS = "replicas must be odd so that a Raft majority exists"
 
 
 def immutable(message: str) -> dict[str, Any]:
@@ -168,7 +169,7 @@ class NotebookKernelSpec(ApiModel):
         description="Raft replicas of the kernel, each on a different GPU node. Odd, so a majority exists.",
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "self % 2 == 1", "message": "replicas must be odd so that a Raft majority exists"},
+                {"rule": "self % 2 == 1", "message": ODD_REPLICAS},
                 {"rule": "self == oldSelf", "message": "replicas is immutable"},
             ]
         },
@@ -202,6 +203,14 @@ class NotebookKernelSpec(ApiModel):
         description="The identity the kernel runs for (e.g. the JupyterHub user); used in labels and events.",
         json_schema_extra=immutable("user is immutable"),
     )
+
+    @field_validator("replicas")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        # The CRD's CEL rule says the same to the API server; this says it to Python callers first.
+        if value % 2 != 1:
+            raise ValueError(ODD_REPLICAS)
+        return value
 
 
 class ConnectionPorts(StatusModel):

@@ -1,0 +1,86 @@
+"""Kubernetes access for the user-side tools (provisioner, CLI), with the official client.
+
+Kept apart from the pure modules: importing this loads `kubernetes`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .api import GROUP, VERSION, NotebookKernel
+from .connection import connection_info, hmac_key, service_host
+
+PLURAL = "notebookkernels"
+SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def api_client(kubeconfig: str | None = None) -> Any:
+    """In-cluster credentials when running in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+    from kubernetes import client, config
+
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and SA_NAMESPACE_FILE.exists():
+        config.load_incluster_config()
+        return client.ApiClient()
+    return config.new_client_from_config(config_file=kubeconfig)
+
+
+def default_namespace(kubeconfig: str | None = None) -> str:
+    """The namespace to use when none is given: the pod's own (in-cluster), the kubeconfig context's,
+    else `default`."""
+    if SA_NAMESPACE_FILE.exists():
+        return SA_NAMESPACE_FILE.read_text().strip()
+    try:
+        from kubernetes import config
+
+        _, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        return str(active["context"].get("namespace") or "default")
+    except Exception:
+        return "default"
+
+
+def read_kernel(api: Any, namespace: str, name: str) -> NotebookKernel:
+    from kubernetes import client
+
+    body = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    return NotebookKernel.model_validate(body)
+
+
+def router_endpoint(api: Any, namespace: str, service: str) -> str | None:
+    """The address of a ready router pod behind `service` (for flat networks without cluster DNS,
+    such as the e2e test bed)."""
+    from kubernetes import client
+
+    slices = client.DiscoveryV1Api(api).list_namespaced_endpoint_slice(
+        namespace, label_selector=f"kubernetes.io/service-name={service}"
+    )
+    for sl in slices.items:
+        for ep in sl.endpoints or []:
+            if ep.conditions is None or ep.conditions.ready is not False:
+                return str(ep.addresses[0])
+    return None
+
+
+def kernel_connection(api: Any, kernel: NotebookKernel, via: str = "service") -> dict[str, Any]:
+    """Connection info for a kernel that has status.connection; `via` picks the address: the
+    Service's DNS name (`service`), the router pod's IP (`endpoints`), or 127.0.0.1 for use with
+    `kubectl port-forward` (`local`)."""
+    from kubernetes import client
+
+    conn = kernel.status.connection
+    assert conn is not None, "caller checks status.connection"
+    ns = kernel.metadata.namespace or "default"
+    secret = client.CoreV1Api(api).read_namespaced_secret(conn.secret_name, ns)
+    key = hmac_key(secret.data or {})
+    if via == "service":
+        host = service_host(kernel)
+    elif via == "endpoints":
+        found = router_endpoint(api, ns, conn.service_name)
+        if found is None:
+            raise RuntimeError(f"service {ns}/{conn.service_name} has no ready router endpoint")
+        host = found
+    elif via == "local":
+        host = "127.0.0.1"
+    else:
+        raise ValueError(f"via must be service, endpoints or local, not {via!r}")
+    return connection_info(kernel, key, host)
