@@ -1,0 +1,105 @@
+"""The extender over real HTTP on loopback, in kube-scheduler's wire format."""
+
+from __future__ import annotations
+
+import requests
+from aiohttp import web
+
+from notebookos.extender.cluster_state import ClusterState, PodEntry, node_info_from_object
+from notebookos.extender.extender_app import Extender, make_app
+from notebookos.policy.placement import SubscriptionRatio
+from tests.extender.helpers import node_obj, replica_pod
+
+
+def start(server_thread, state: ClusterState, max_ratio: float = 7.0):
+    ext = Extender(state, SubscriptionRatio(max_ratio), required_syncs=frozenset({"nodes"}))
+
+    async def factory() -> web.Application:
+        return make_app(ext)
+
+    return ext, server_thread(factory)
+
+
+def cluster(n: int = 3, gpus: int = 1) -> ClusterState:
+    s = ClusterState()
+    s.replace_nodes({f"n{i}": node_info_from_object(node_obj(f"n{i}", gpus)) for i in range(n)})
+    return s
+
+
+def test_filter_with_node_objects_rejects_sibling_node_and_full_node(server_thread) -> None:
+    state = cluster(3, 1)
+    state.set_pod("ns/k-1", PodEntry("ns/k", 1, "n0"))  # sibling on n0
+    for i in range(3):  # n1 promised 3 GPUs already: 1 GPU x 3 replicas x SR 1.0
+        state.set_pod(f"ns/o{i}-1", PodEntry(f"ns/o{i}", 1, "n1"))
+    _, srv = start(server_thread, state, max_ratio=1.0)
+    body = {"Pod": replica_pod("k", 2), "Nodes": {"items": [node_obj("n0", 1), node_obj("n1", 1), node_obj("n2", 1)]}}
+    r = requests.post(f"{srv.url}/filter", json=body, timeout=10)
+    assert r.status_code == 200, r.text
+    res = r.json()
+    assert [n["metadata"]["name"] for n in res["Nodes"]["items"]] == ["n2"]
+    assert "already hosts a replica of kernel ns/k" in res["FailedNodes"]["n0"]
+    assert "GPU subscription cap reached" in res["FailedNodes"]["n1"]
+    assert res["Error"] == "" and res["NodeNames"] is None
+
+
+def test_filter_by_names_and_unknown_node(server_thread) -> None:
+    _, srv = start(server_thread, cluster(2, 8))
+    r = requests.post(
+        f"{srv.url}/filter", json={"Pod": replica_pod("k"), "NodeNames": ["n0", "n1", "ghost"]}, timeout=10
+    )
+    res = r.json()
+    assert res["NodeNames"] == ["n0", "n1"] and "not yet known" in res["FailedNodes"]["ghost"]
+
+
+def test_pod_with_bad_annotation_is_unresolvable_everywhere(server_thread) -> None:
+    _, srv = start(server_thread, cluster(2, 8))
+    pod = replica_pod("k")
+    pod["metadata"]["annotations"]["notebookos.io/gpus"] = "lots"
+    res = requests.post(f"{srv.url}/filter", json={"Pod": pod, "NodeNames": ["n0", "n1"]}, timeout=10).json()
+    assert res["NodeNames"] == [] and set(res["FailedAndUnresolvableNodes"]) == {"n0", "n1"}
+    assert "is not an integer" in res["FailedAndUnresolvableNodes"]["n0"]
+
+
+def test_prioritize_prefers_idle_gpus_then_low_subscription(server_thread) -> None:
+    state = cluster(3, 8)
+    state.set_binding("ns/x-1", ("n0", 6))  # n0 busy
+    state.set_pod("ns/y-1", PodEntry("ns/y", 8, "n1"))  # n1 subscribed, all idle
+    _, srv = start(server_thread, state)
+    res = requests.post(
+        f"{srv.url}/prioritize", json={"Pod": replica_pod("k"), "NodeNames": ["n0", "n1", "n2"]}, timeout=10
+    ).json()
+    scores = {h["Host"]: h["Score"] for h in res}
+    assert set(res[0]) == {"Host", "Score"}
+    assert scores["n2"] >= scores["n1"] > scores["n0"]
+    assert all(0 <= s <= 10 for s in scores.values())
+
+
+def test_non_replica_pods_pass_untouched(server_thread) -> None:
+    _, srv = start(server_thread, cluster(2, 0))
+    pod = {"metadata": {"name": "web", "namespace": "x"}}
+    res = requests.post(f"{srv.url}/filter", json={"Pod": pod, "NodeNames": ["n0", "n1"]}, timeout=10).json()
+    assert res["NodeNames"] == ["n0", "n1"] and res["FailedNodes"] == {}
+
+
+def test_bad_payloads_get_400_with_message_and_service_survives(server_thread) -> None:
+    _, srv = start(server_thread, cluster(1, 8))
+    r = requests.post(f"{srv.url}/filter", data=b"{not json", timeout=10)
+    assert r.status_code == 400 and "not JSON" in r.json()["error"]
+    r = requests.post(f"{srv.url}/prioritize", json={"Pod": 3, "NodeNames": []}, timeout=10)
+    assert r.status_code == 400 and "Pod must be a v1.Pod" in r.json()["error"]
+    assert requests.get(f"{srv.url}/healthz", timeout=10).text == "ok"
+
+
+def test_ready_and_metrics(server_thread) -> None:
+    state = cluster(2, 8)
+    ext, srv = start(server_thread, state)
+    assert requests.get(f"{srv.url}/readyz", timeout=10).status_code == 503
+    state.synced.add("nodes")
+    assert requests.get(f"{srv.url}/readyz", timeout=10).status_code == 200
+    state.set_binding("ns/a-1", ("n0", 2))
+    state.set_pod("ns/a-1", PodEntry("ns/a", 4, "n0"))
+    assert ext.update_ratio() == 2.0  # demand 4 / busy 2
+    text = requests.get(f"{srv.url}/metrics", timeout=10).text
+    assert 'notebookos_node_bound_gpus{node="n0"} 2.0' in text
+    assert 'notebookos_node_idle_gpus{node="n0"} 6.0' in text
+    assert "notebookos_subscription_ratio 2.0" in text
