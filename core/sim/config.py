@@ -81,12 +81,20 @@ class Policy:
     """Replica that migrates when none can run the cell: random (the prototype) or loaded."""
     scale_in_max_containers: int | None = 4
     """Only hosts with at most this many containers may be released (prototype rule), None: any."""
-    idle_release_s: float = 0.0
-    """A host must have been idle this long before scale-in may release it."""
+    idle_release_s: float | None = 0.0
+    """A host must have been idle this long before scale-in may release it. None: as long as
+    releasing and re-provisioning a host take (the ski-rental rule: an idle host is kept while
+    keeping it costs less than getting it back)."""
     headroom_gpus: float | None = None
     """ours: size for the peak load of the last ``peak_window_s`` plus this many GPUs, instead of a
     buffer of whole hosts."""
     peak_window_s: float = 600.0
+    rebalance: bool = False
+    """ours: on each interval, move a replica of every idle kernel none of whose replicas' hosts
+    could run its next cell right now to a host that could, so the migration is off the cell's path."""
+    active_window_s: float = 1800.0
+    """ours: a kernel whose last cell ended within this window is "active": it is rebalanced, and
+    scale-in keeps a host that is its only room. Older kernels lose both (notebook gaps: median 15 min)."""
 
 
 RESERVATION = Policy(
@@ -121,8 +129,10 @@ OURS = Policy(
     executor="packed",
     victim="loaded",
     scale_in_max_containers=None,
-    idle_release_s=300.0,
-    headroom_gpus=8.0,
+    idle_release_s=None,
+    headroom_gpus=0.0,
+    peak_window_s=600.0,
+    rebalance=True,
 )
 POLICIES: dict[str, Policy] = {p.name: p for p in (RESERVATION, BATCH, NOTEBOOKOS, OURS)}
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from notebookos.policy import autoscale
-from notebookos.policy.ledger import Grant, GpuLedger
+from notebookos.policy.ledger import GpuLedger, Grant
 from notebookos.policy.placement import NodeView, ReplicaRequest, SubscriptionRatio, filter_nodes, pack_key, rank_key
 from notebookos.sim.config import Costs, Policy
 from notebookos.sim.metrics import Result, summarise
@@ -78,6 +78,7 @@ class Kernel:
     last_exec: int | None = None
     grant: str | None = None
     retry_at: float = -1.0
+    last_end: float = -math.inf
 
 
 class Simulator:
@@ -123,6 +124,8 @@ class Simulator:
         self.ran: set[tuple[int, int]] = set()
         self.migrations = 0
         self.drain_migrations = 0
+        self.rebalance_migrations = 0
+        self._unroomy: set[int] = set()  # sessions to look at in the next rebalance
         self.hosts_added = 0
         self.hosts_released = 0
         self.max_host_bound = 0
@@ -247,6 +250,8 @@ class Simulator:
             raise AssertionError(f"ledger refused {execution} on {host.name}: {got.reason}")
         host.bound += gpus
         self.bound_total += gpus
+        if self.p.rebalance:  # kernels sharing this host may have lost the room for their next cell
+            self._unroomy.update(s for s, _ in host.replicas if s != session)
         self.max_host_bound = max(self.max_host_bound, host.bound)
         self._record()
 
@@ -276,6 +281,7 @@ class Simulator:
         sess = self.w.sessions[s]
         r = self.p.replicas
         k = Kernel(s, sess.gpus, [None] * r, [math.inf] * r)
+        k.last_end = self.now  # a new kernel counts as active: its first cell is coming
         self.kernels[s] = k
         self.demand += sess.gpus
         if self.p.kind == "reservation":
@@ -468,6 +474,9 @@ class Simulator:
     def _on_kernel_free(self, s: int, _: int) -> None:
         k = self.kernels[s]
         k.busy = False
+        k.last_end = self.now
+        if self.p.rebalance:
+            self._unroomy.add(s)
         if k.queue:
             self._next_cell(k)
         else:
@@ -519,18 +528,51 @@ class Simulator:
                 n = autoscale.hosts_to_release(size, load, self.p.scaling)
             if n:
                 self._scale_in(n)
+        if self.p.rebalance:
+            self._rebalance()
         if self._live > 0:
             self._push(self.now + self.p.interval_s, TICK)
 
+    def _rebalance(self) -> None:
+        """Anticipatory migration: an idle kernel whose replicas all sit on hosts without its GPUs
+        free moves one replica (the victim rule's) to a host that has them, while nobody waits."""
+        if not self._unroomy:
+            return
+        free = [h for h in self.hosts.values() if h.state == "ready" and h.bound < self.G]
+        todo, self._unroomy = sorted(self._unroomy), set()
+        for s in todo:
+            found = self.kernels.get(s)
+            if found is None:
+                continue
+            k = found
+            if k.busy or k.ended:
+                continue
+            if any(u > self.now for u in k.up):
+                self._unroomy.add(s)  # look again once its replicas are up
+                continue
+            if self._roomy(k):
+                continue
+            targets = [h for h in free if h.bound + k.gpus <= self.G]
+            rank = "pack" if self.p.executor == "packed" else "spread"
+            req = ReplicaRequest(f"k{k.session}", k.gpus, self.p.replicas)
+            t = self._choose(targets, req, self.sr.value, rank)
+            if t is None:
+                continue
+            self._move(k, self._victim(k), t)
+            self.rebalance_migrations += 1
+
     def _scale_in(self, n: int) -> None:
         cap = self.p.scale_in_max_containers
+        grace = self.p.idle_release_s
+        if grace is None:
+            grace = self.c.host_provision_s + self.c.host_release_s
         candidates = sorted(
             (
                 h
                 for h in self.hosts.values()
                 if h.state == "ready"
                 and h.bound == 0
-                and self.now - h.idle_since >= self.p.idle_release_s
+                and self.now - h.idle_since >= grace
                 and (cap is None or len(h.replicas) <= cap)
             ),
             key=lambda h: (len(h.replicas), h.name),
@@ -543,10 +585,24 @@ class Simulator:
             self._release_host(h)
             n -= 1
 
+    def _active(self, k: Kernel) -> bool:
+        return self.now - k.last_end <= self.p.active_window_s
+
+    def _roomy(self, k: Kernel, without: Host | None = None) -> bool:
+        """Whether one of the kernel's replicas sits on a host (other than ``without``) with its
+        GPUs free, so that its next cell can start at once."""
+        return any(
+            self.hosts[n].bound + k.gpus <= self.G and self.hosts[n] is not without for n in k.hosts if n is not None
+        )
+
     def _drain(self, h: Host) -> bool:
         """Plan new homes for every replica on ``h`` (no new hosts); apply only if all have one."""
         if any(self.kernels[s].busy for s, _ in h.replicas):
             return False  # a kernel of this host is running a cell: the prototype abandons
+        if self.p.rebalance and any(
+            self._active(self.kernels[s]) and not self._roomy(self.kernels[s], h) for s, _ in h.replicas
+        ):
+            return False  # ours: the host is a kernel's only room; draining it would undo a rebalance
         others = {o.name: self._view(o) for o in self.hosts.values() if o.state == "ready" and o is not h}
         plan: list[tuple[int, int, str]] = []
         for s, i in sorted(h.replicas):
@@ -561,6 +617,8 @@ class Simulator:
         for s, i, target in plan:
             self._move(self.kernels[s], i, self.hosts[target])
             self.drain_migrations += 1
+            if self.p.rebalance:
+                self._unroomy.add(s)
         return True
 
     def _check_done(self) -> None:

@@ -44,6 +44,8 @@ class Result:
     """Migrations on a cell's critical path (no replica's host had the GPUs)."""
     drain_migrations: int
     """Idle replicas moved off hosts that scale-in released."""
+    rebalance_migrations: int
+    """Replicas of idle kernels moved ahead of their next cell (ours)."""
     hosts_added: int
     hosts_released: int
     peak_hosts: int
@@ -86,6 +88,7 @@ def summarise(sim: Simulator, wall_s: float, t0: float) -> Result:
         started_at_once=(sum(1 for d in delays if d <= 1.0) / len(delays)) if delays else 1.0,
         migrations=sim.migrations,
         drain_migrations=sim.drain_migrations,
+        rebalance_migrations=sim.rebalance_migrations,
         hosts_added=sim.hosts_added,
         hosts_released=sim.hosts_released,
         peak_hosts=max((n for _, n, _ in sim.series), default=0),

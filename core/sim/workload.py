@@ -13,6 +13,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 TICK_S = 60.0  # both traces count minutes
 DEFAULT_TRACE_DIR = Path("../shared/traces")
@@ -78,10 +79,17 @@ class Workload:
         }
 
 
-def _require(obj: dict, key: str, where: str) -> object:
-    if key not in obj:
+def _require(obj: Any, key: str, where: str) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
         raise WorkloadError(f"{where}: missing field {key!r}")
     return obj[key]
+
+
+def _num(obj: Any, key: str, where: str) -> float:
+    value = _require(obj, key, where)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise WorkloadError(f"{where}.{key}: expected a number, got {value!r}")
+    return float(value)
 
 
 def load_template(path: str | Path) -> Workload:
@@ -100,20 +108,25 @@ def load_template(path: str | Path) -> Workload:
     sessions: list[Session] = []
     for i, s in enumerate(raw):
         where = f"{p}: sessions[{i}]"
-        start = float(_require(s, "start_tick", where)) * TICK_S  # type: ignore[arg-type]
-        stop = float(_require(s, "stop_tick", where)) * TICK_S  # type: ignore[arg-type]
+        start = _num(s, "start_tick", where) * TICK_S
+        stop = _num(s, "stop_tick", where) * TICK_S
         if stop < start:
             raise WorkloadError(f"{where}: stop_tick before start_tick")
         cells: list[Cell] = []
-        for j, t in enumerate(_require(s, "trainings", where)):  # type: ignore[union-attr]
+        trainings = _require(s, "trainings", where)
+        if not isinstance(trainings, list):
+            raise WorkloadError(f"{where}.trainings: expected a list")
+        for j, t in enumerate(trainings):
             tw = f"{where}.trainings[{j}]"
-            gpus = int(_require(t, "gpus", tw))
+            gpus = int(_num(t, "gpus", tw))
             if gpus < 0:
                 raise WorkloadError(f"{tw}: gpus must be >= 0, got {gpus}")
             if gpus == 0:
                 continue
-            submit = float(_require(t, "start_tick", tw)) * TICK_S
-            dur = float(_require(t, "duration_in_ticks", tw)) * TICK_S
+            submit = _num(t, "start_tick", tw) * TICK_S
+            dur = _num(t, "duration_in_ticks", tw) * TICK_S
+            if dur < 0:
+                raise WorkloadError(f"{tw}: duration_in_ticks must be >= 0")
             cells.append(Cell(len(sessions), len(cells), submit, dur, gpus))
         if not cells:
             continue  # no GPU cell: costs no GPU under any policy
@@ -174,7 +187,8 @@ def load_tasks(path: str | Path, idle_tail_s: float = DEFAULT_IDLE_TAIL_S) -> Wo
         sessions=sessions,
         assumptions=[
             "sessions inferred where submit_time goes backwards between consecutive rows",
-            f"session life = first submit to last task end (tasks run one at a time) + {idle_tail_s / 60:g} min idle tail",
+            "session life = first submit to last task end (tasks run one at a time)"
+            f" + {idle_tail_s / 60:g} min idle tail",
         ],
     )
 
