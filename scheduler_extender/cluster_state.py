@@ -53,27 +53,33 @@ def parse_inventory(raw: str) -> list[dict[str, Any]]:
     return data
 
 
+def _d(value: Any) -> Mapping[str, Any]:
+    """The value if it is an object, else empty: node objects in requests are only loosely checked."""
+    return value if isinstance(value, dict) else {}
+
+
 def node_info_from_object(node: Mapping[str, Any]) -> NodeInfo:
     """GPUs from the node agent's inventory (healthy devices), else the nvidia.com/gpu capacity."""
-    meta = node.get("metadata") or {}
-    spec = node.get("spec") or {}
-    schedulable = not spec.get("unschedulable", False) and not any(
-        isinstance(t, dict) and t.get("key") in REMOVAL_TAINTS for t in spec.get("taints") or []
+    meta = _d(node.get("metadata"))
+    spec = _d(node.get("spec"))
+    taints = spec.get("taints")
+    schedulable = spec.get("unschedulable") is not True and not any(
+        isinstance(t, dict) and t.get("key") in REMOVAL_TAINTS for t in (taints if isinstance(taints, list) else [])
     )
-    raw = (meta.get("annotations") or {}).get(GPU_INVENTORY_ANNOTATION)
+    raw = _d(meta.get("annotations")).get(GPU_INVENTORY_ANNOTATION)
     if isinstance(raw, str):
         try:
             inv = parse_inventory(raw)
         except ValueError:
             inv = None
         if inv is not None:
-            healthy = [d for d in inv if d.get("healthy", True)]
-            mems = [int(d["memoryMiB"]) for d in healthy if isinstance(d.get("memoryMiB"), int)]
+            healthy = [d for d in inv if d.get("healthy", True) is not False]
+            mems = [d["memoryMiB"] for d in healthy if type(d.get("memoryMiB")) is int]
             return NodeInfo(len(healthy), min(mems) if mems else None, schedulable)
-    cap = ((node.get("status") or {}).get("capacity") or {}).get(GPU_RESOURCE)
+    cap = _d(_d(node.get("status")).get("capacity")).get(GPU_RESOURCE)
     try:
-        gpus = int(cap) if cap is not None else 0
-    except (TypeError, ValueError):
+        gpus = max(int(cap), 0) if isinstance(cap, str | int) and not isinstance(cap, bool) else 0
+    except ValueError:
         gpus = 0
     return NodeInfo(gpus, None, schedulable)
 
