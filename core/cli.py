@@ -11,6 +11,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("notebookos.api.cmd_crds", "write (or --check) the CRD YAML generated from the API models"),
     "validate": ("notebookos.api.cmd_validate", "check manifests against the CRD schemas, offline"),
+    "simulate": ("notebookos.sim.cli", "replay notebook GPU traces under each policy and compare GPU-hours and delays"),
     "kernelspec": ("notebookos.cmd_kernelspec", "install Jupyter kernelspecs whose kernels run on NotebookOS"),
     "connect": ("notebookos.cmd_connect", "write a connection file for a NotebookKernel applied with kubectl"),
 }
