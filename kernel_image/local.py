@@ -1,0 +1,197 @@
+"""Run one replicated kernel as local processes on loopback: three replicas and a router.
+
+Used by the tests and benchmarks, and handy for trying the kernel without a cluster:
+``python -m notebookos.kernel.local`` prints a connection file's path and runs until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from notebookos.kernel.config import CHANNELS
+
+
+def free_port_block(n: int = 5, host: str = "127.0.0.1") -> int:
+    """A base port with n consecutive free ports after it."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            base = s.getsockname()[1]
+        if base + n >= 65535:
+            continue
+        socks = []
+        try:
+            for i in range(n):
+                t = socket.socket()
+                t.bind((host, base + i))
+                socks.append(t)
+            return base
+        except OSError:
+            continue
+        finally:
+            for t in socks:
+                t.close()
+    raise RuntimeError("no block of free ports found")
+
+
+class LocalKernel:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        replicas: int = 3,
+        *,
+        kernel: str = "local",
+        target_policy: str = "affinity",
+        gpus: int = 0,
+        broker_url: str | None = None,
+        token_file: str | None = None,
+        threshold: int = 1 << 20,
+        extra_env: dict[str, str] | None = None,
+        replica_env: dict[int, dict[str, str]] | None = None,
+    ) -> None:
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="nbos-"))
+        self.n = replicas
+        self.kernel = kernel
+        self.key = secrets.token_hex(16)
+        self.raft_ports = {i: free_port_block(1) for i in range(1, replicas + 1)}
+        self.jupyter_ports = {i: free_port_block(5) for i in range(1, replicas + 1)}
+        self.router_port = free_port_block(5)
+        self.store = self.workdir / "store"
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.base_env = {
+            "NOTEBOOKOS_KERNEL": kernel,
+            "NOTEBOOKOS_KEY": self.key,
+            "NOTEBOOKOS_GPUS": str(gpus),
+            "NOTEBOOKOS_STORE_URL": f"file://{self.store}",
+            "NOTEBOOKOS_STORE_THRESHOLD": str(threshold),
+            "NOTEBOOKOS_TARGET_POLICY": target_policy,
+            "NOTEBOOKOS_EXECUTOR_LOST_TIMEOUT": "1.5",
+            "NOTEBOOKOS_ELECTION_TIMEOUT": "2",
+            "NOTEBOOKOS_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            **({"NOTEBOOKOS_BROKER_URL": broker_url} if broker_url else {}),
+            **({"NOTEBOOKOS_BROKER_TOKEN_FILE": token_file} if token_file else {}),
+            **(extra_env or {}),
+        }
+        self.replica_env = replica_env or {}
+
+    # --- processes -----------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        full = {**os.environ, **self.base_env, **env}
+        p = subprocess.Popen(
+            [sys.executable, "-m", module], env=full, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        self.procs[name] = p
+        return p
+
+    def peers(self) -> str:
+        return ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.raft_ports.items())
+
+    def start_replica(self, rid: int) -> subprocess.Popen[bytes]:
+        env = {
+            "NOTEBOOKOS_REPLICA_ID": str(rid),
+            "NOTEBOOKOS_PEERS": self.peers(),
+            "NOTEBOOKOS_RAFT_BIND": f"127.0.0.1:{self.raft_ports[rid]}",
+            "NOTEBOOKOS_JUPYTER_IP": "127.0.0.1",
+            "NOTEBOOKOS_JUPYTER_PORT": str(self.jupyter_ports[rid]),
+            "NOTEBOOKOS_DATA_DIR": str(self.workdir / f"replica-{rid}"),
+            "NOTEBOOKOS_NODE": f"node-{rid}",
+            **self.replica_env.get(rid, {}),
+        }
+        return self._spawn(f"replica-{rid}", "notebookos.kernel.replica", env)
+
+    def start_router(self) -> subprocess.Popen[bytes]:
+        env = {
+            "NOTEBOOKOS_REPLICAS": ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.jupyter_ports.items()),
+            "NOTEBOOKOS_ROUTER_IP": "127.0.0.1",
+            "NOTEBOOKOS_ROUTER_PORT": str(self.router_port),
+            "NOTEBOOKOS_CONNECTION_FILE": str(self.workdir / "router-connection.json"),
+        }
+        return self._spawn("router", "notebookos.kernel.router", env)
+
+    def start(self) -> LocalKernel:
+        for rid in range(1, self.n + 1):
+            self.start_replica(rid)
+        self.start_router()
+        return self
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        p = self.procs.get(name)
+        if p is None or p.poll() is not None:
+            return
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.kill(name, signal.SIGKILL)
+
+    def __enter__(self) -> LocalKernel:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # --- clients ----------------------------------------------------------------------------------------
+
+    def connection_info(self) -> dict[str, Any]:
+        return {
+            "ip": "127.0.0.1",
+            "transport": "tcp",
+            "signature_scheme": "hmac-sha256",
+            "key": self.key,
+            **{f"{c}_port": self.router_port + i for i, c in enumerate(CHANNELS)},
+        }
+
+    def write_connection_file(self) -> Path:
+        path = self.workdir / "client-connection.json"
+        path.write_text(json.dumps(self.connection_info()))
+        return path
+
+    def client(self, timeout: float = 60.0) -> Any:
+        from jupyter_client import BlockingKernelClient
+
+        kc = BlockingKernelClient()
+        kc.load_connection_file(str(self.write_connection_file()))
+        kc.start_channels()
+        kc.wait_for_ready(timeout=timeout)
+        return kc
+
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def main() -> int:
+    with LocalKernel() as k:
+        print(k.write_connection_file(), flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""State sync: what a cell changed, pickled so that standbys can load it.
+
+* The changed globals of a cell are pickled together with cloudpickle, so objects they share stay
+  shared. A changed value that *is* an unchanged global's object (``b = a``) is written as a
+  reference to the blob holding that global, so sharing also survives across cells.
+* Values larger than the threshold (arrays, tensors, frames, bytes) go to the object store on
+  their own; the blob holds their URL. A blob itself larger than the threshold also goes there, so
+  the Raft log only ever carries small entries.
+* A value that cannot be pickled is replaced (on the standbys only) by ``Unreplicated``, which
+  raises ``StateNotReplicatedError`` naming the variable and the cell that made it when used.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import pickle
+import re
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from notebookos.kernel.raftlog import BlobRef, Snapshot
+from notebookos.kernel.store import ObjectStore
+
+# IPython's own names in the user namespace: output history, input history, helpers.
+_IPYTHON_NAMES = re.compile(
+    r"^(_|__|___|_i|_ii|_iii|_i\d+|_\d+|_oh|_ih|_dh|In|Out|exit|quit|get_ipython|__\w+__|NOTEBOOKOS_\w+)$"
+)
+_PRIMITIVES = (int, float, complex, str, bytes, bool, type(None), types.ModuleType)
+
+
+class StateNotReplicatedError(RuntimeError):
+    """A value of the namespace could not be replicated to this replica."""
+
+
+def _raise(self: Unreplicated, *args: Any, **kwargs: Any) -> Any:
+    raise StateNotReplicatedError(object.__getattribute__(self, "_nbos_message")())
+
+
+class Unreplicated:
+    """Stands for a value that could not be pickled; any use raises a clear error."""
+
+    __slots__ = ("_nbos_cell", "_nbos_error", "_nbos_name", "_nbos_replica")
+
+    def __init__(self, name: str, cell: int, replica: int, error: str) -> None:
+        object.__setattr__(self, "_nbos_name", name)
+        object.__setattr__(self, "_nbos_cell", cell)
+        object.__setattr__(self, "_nbos_replica", replica)
+        object.__setattr__(self, "_nbos_error", error)
+
+    def _nbos_message(self) -> str:
+        g = object.__getattribute__
+        return (
+            f"variable '{g(self, '_nbos_name')}' is not available on this replica: it was made by cell "
+            f"[{g(self, '_nbos_cell')}] on replica {g(self, '_nbos_replica')} and could not be replicated "
+            f"({g(self, '_nbos_error')}). Re-run the cell that made it to recreate it here."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        g = object.__getattribute__
+        return (
+            Unreplicated,
+            (g(self, "_nbos_name"), g(self, "_nbos_cell"), g(self, "_nbos_replica"), g(self, "_nbos_error")),
+        )
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("__reduce__", "__reduce_ex__", "__class__", "_nbos_message", "__slots__"):
+            return object.__getattribute__(self, name)
+        _raise(self)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _raise(self)
+
+    def __repr__(self) -> str:
+        return _raise(self)
+
+
+_DUNDERS = (
+    "__str__ __call__ __iter__ __next__ __len__ __getitem__ __setitem__ __delitem__ __contains__ __bool__ "
+    "__add__ __sub__ __mul__ __truediv__ __floordiv__ __mod__ __pow__ __matmul__ __radd__ __rsub__ __rmul__ "
+    "__neg__ __abs__ __int__ __float__ __index__ __enter__ __exit__ __format__ __lt__ __le__ __gt__ __ge__ "
+    "__array__ __fspath__ __await__ __aiter__"
+)
+for _dunder in _DUNDERS.split():
+    setattr(Unreplicated, _dunder, _raise)
+
+
+def user_names(ns: Mapping[str, Any], hidden: Mapping[str, Any]) -> dict[str, Any]:
+    """The user's globals: not IPython's history and helpers, not names IPython put there."""
+    out = {}
+    for name, value in ns.items():
+        if _IPYTHON_NAMES.match(name):
+            continue
+        if name in hidden and hidden[name] is value:
+            continue
+        out[name] = value
+    return out
+
+
+def referenced_names(code: str, ns: Mapping[str, Any], depth: int = 3) -> set[str]:
+    """Names a cell may have changed in place: every name its code mentions, and the globals the
+    functions it calls mention (a few levels deep)."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set()
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    frontier = set(names)
+    for _ in range(depth):
+        nxt: set[str] = set()
+        for name in frontier:
+            fn = ns.get(name)
+            code_obj = getattr(fn, "__code__", None)
+            if isinstance(code_obj, types.CodeType):
+                nxt |= set(code_obj.co_names) - names
+        names |= nxt
+        frontier = nxt
+    return names
+
+
+def _fingerprint(value: Any) -> bytes | None:
+    """Cheap change detection for big flat values; None means "assume changed"."""
+    try:
+        if isinstance(value, bytes | bytearray):
+            return hashlib.blake2b(value, digest_size=16).digest()
+        nbytes = getattr(value, "nbytes", None)
+        if type(value).__module__ == "numpy" and isinstance(nbytes, int) and value.flags.c_contiguous:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(repr((value.shape, value.dtype.str)).encode())
+            h.update(memoryview(value).cast("B"))
+            return h.digest()
+    except Exception:
+        return None
+    return None
+
+
+def _size_of(obj: Any) -> int:
+    """Size of the values worth storing on their own; 0 for everything else."""
+    if isinstance(obj, bytes | bytearray):
+        return len(obj)
+    mod = type(obj).__module__.split(".")[0]
+    try:
+        if mod == "numpy":
+            return int(getattr(obj, "nbytes", 0) or 0)
+        if mod == "torch" and hasattr(obj, "element_size") and hasattr(obj, "nelement"):
+            return int(obj.element_size() * obj.nelement())
+        if mod == "pandas" and hasattr(obj, "memory_usage"):
+            usage = obj.memory_usage(deep=False)
+            return int(usage.sum() if hasattr(usage, "sum") else usage)
+    except Exception:
+        return 0
+    return 0
+
+
+class _Pickler(cloudpickle.Pickler):
+    def __init__(self, file: io.BytesIO, capture: Capture) -> None:
+        super().__init__(file, protocol=5)
+        self._cap = capture
+
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, _PRIMITIVES):
+            return None
+        oid = id(obj)
+        ref = self._cap.refs.get(oid)
+        if ref is not None:
+            self._cap.deps.add(ref[0])
+            return ("var", ref[0], ref[1])
+        url = self._cap.stored.get(oid)
+        if url is not None:
+            return ("store", url)
+        if self._cap.threshold >= 0 and _size_of(obj) > self._cap.threshold:
+            key = f"{self._cap.prefix}/v{len(self._cap.stored)}"
+            url, size = self._cap.store.put(key, obj)
+            self._cap.stored[oid] = url
+            self._cap.keep.append(obj)  # ids stay valid while this capture lives
+            self._cap.stored_bytes += size
+            return ("store", url)
+        return None
+
+
+@dataclass
+class Capture:
+    store: ObjectStore
+    threshold: int
+    prefix: str
+    refs: dict[int, tuple[int, str]]
+    deps: set[int]
+    stored: dict[int, str]
+    keep: list[Any]
+    stored_bytes: int = 0
+
+    def dumps(self, values: Mapping[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        _Pickler(buf, self).dump(dict(values))
+        return buf.getvalue()
+
+
+@dataclass
+class CellState:
+    blob: BlobRef | None
+    changed: list[str]
+    deleted: list[str]
+    unreplicated: list[str]
+    stored_bytes: int
+    log_bytes: int
+
+
+class StateTracker:
+    """Per-replica bookkeeping: which blob each name's current value came from, and the objects
+    loaded from each live blob (so later blobs can reference them)."""
+
+    def __init__(self, store: ObjectStore, threshold: int, kernel: str) -> None:
+        self.store = store
+        self.threshold = threshold
+        self.kernel = kernel
+        self.loaded: dict[int, dict[str, Any]] = {}
+        self.assigned: dict[str, int] = {}
+        self.fingerprints: dict[str, tuple[int, bytes]] = {}
+        self.applied_version = -1
+
+    # --- executor side ------------------------------------------------------------------------------
+
+    def before_cell(self, ns: Mapping[str, Any], hidden: Mapping[str, Any]) -> dict[str, int]:
+        return {k: id(v) for k, v in user_names(ns, hidden).items()}
+
+    def capture(
+        self,
+        *,
+        code: str,
+        before: Mapping[str, int],
+        ns: Mapping[str, Any],
+        hidden: Mapping[str, Any],
+        seq: int,
+        exec_id: str,
+        cell: int,
+        replica: int,
+    ) -> CellState:
+        after = user_names(ns, hidden)
+        deleted = sorted(set(before) - set(after))
+        rebound = {k for k, v in after.items() if before.get(k) != id(v)}
+        touched = referenced_names(code, ns) & set(after)
+        changed: list[str] = []
+        for name in sorted(rebound | touched):
+            if name not in rebound and name in self.assigned:
+                fp = _fingerprint(after[name])
+                old = self.fingerprints.get(name)
+                if fp is not None and old is not None and old == (id(after[name]), fp):
+                    continue  # a big value the cell only read
+            changed.append(name)
+        unchanged = set(after) - set(changed)
+        refs = {
+            id(after[n]): (self.assigned[n], n)
+            for n in unchanged
+            if n in self.assigned and not isinstance(after[n], _PRIMITIVES)
+        }
+        cap = Capture(self.store, self.threshold, f"{self.kernel}/{exec_id}", refs, set(), {}, [])
+        values = {n: after[n] for n in changed}
+        bad: dict[str, str] = {}
+        try:
+            data = cap.dumps(values)
+        except Exception:
+            for name in changed:
+                try:
+                    cap.dumps({name: values[name]})
+                except Exception as e:
+                    bad[name] = f"{type(e).__name__}: {e}"
+            good = {n: v for n, v in values.items() if n not in bad}
+            good.update({n: Unreplicated(n, cell, replica, err) for n, err in bad.items()})
+            cap.deps.clear()
+            data = cap.dumps(good)
+        blob = None
+        if changed:
+            deps = tuple(sorted(cap.deps))
+            if len(data) > self.threshold >= 0:
+                url = self.store.put_bytes(f"{self.kernel}/{exec_id}/blob", data)
+                blob = BlobRef(seq, exec_id, cell, replica, None, url, deps, tuple(changed))
+            else:
+                blob = BlobRef(seq, exec_id, cell, replica, data, None, deps, tuple(changed))
+            # The executor's own objects are the blob's objects: nothing to load later.
+            self.loaded[seq] = dict(values)
+            for name in changed:
+                self.assigned[name] = seq
+                fp = _fingerprint(values[name])
+                if fp is not None:
+                    self.fingerprints[name] = (id(values[name]), fp)
+                else:
+                    self.fingerprints.pop(name, None)
+        for name in deleted:
+            self.assigned.pop(name, None)
+            self.fingerprints.pop(name, None)
+        return CellState(blob, changed, deleted, sorted(bad), cap.stored_bytes, len(data) if blob and blob.data else 0)
+
+    # --- standby side ---------------------------------------------------------------------------------
+
+    def apply(self, snap: Snapshot, ns: dict[str, Any]) -> list[str]:
+        """Bring the namespace to the snapshot's state; returns the names it set."""
+        if snap.version == self.applied_version:
+            return []
+        setnames: list[str] = []
+        for name, seq in sorted(snap.vars.items(), key=lambda kv: kv[1]):
+            if self.assigned.get(name) == seq:
+                continue
+            objs = self._load(seq, snap.blobs, set())
+            ns[name] = objs[name]
+            self.assigned[name] = seq
+            fp = _fingerprint(ns[name])
+            if fp is not None:
+                self.fingerprints[name] = (id(ns[name]), fp)
+            setnames.append(name)
+        for name in [n for n in self.assigned if n not in snap.vars]:
+            del self.assigned[name]
+            ns.pop(name, None)
+        for seq in [s for s in self.loaded if s not in snap.blobs]:
+            del self.loaded[seq]
+        self.applied_version = snap.version
+        return setnames
+
+    def _load(self, seq: int, blobs: Mapping[int, BlobRef], loading: set[int]) -> dict[str, Any]:
+        if seq in self.loaded:
+            return self.loaded[seq]
+        if seq in loading or seq not in blobs:
+            raise RuntimeError(f"state blob {seq} is missing from the replicated state")
+        loading.add(seq)
+        blob = blobs[seq]
+        data = blob.data if blob.data is not None else self.store.get_bytes(blob.url or "")
+        memo: dict[str, Any] = {}
+        tracker = self
+
+        class _Unpickler(pickle.Unpickler):
+            def persistent_load(self, pid: Any) -> Any:
+                kind = pid[0]
+                if kind == "var":
+                    return tracker._load(pid[1], blobs, loading)[pid[2]]
+                if kind == "store":
+                    if pid[1] not in memo:
+                        memo[pid[1]] = ObjectStore.get(pid[1])
+                    return memo[pid[1]]
+                raise pickle.UnpicklingError(f"unknown reference {pid!r} in state blob {seq}")
+
+        objs: dict[str, Any] = _Unpickler(io.BytesIO(data)).load()
+        self.loaded[seq] = objs
+        return objs
+
+
+def names_in(values: Iterable[str]) -> str:
+    return ", ".join(sorted(values)) or "nothing"
