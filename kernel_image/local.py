@@ -183,6 +183,41 @@ class LocalKernel:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
+def run(kc: Any, code: str, timeout: float = 60, **kwargs: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Execute code; return the reply and the IOPub messages other than status and execute_input."""
+    out: list[dict[str, Any]] = []
+
+    def hook(m: dict[str, Any]) -> None:
+        if m["header"]["msg_type"] not in ("status", "execute_input"):
+            out.append(m)
+
+    reply = kc.execute_interactive(code, timeout=timeout, output_hook=hook, **kwargs)
+    return reply, out
+
+
+def text_of(out: list[dict[str, Any]]) -> str:
+    """What a notebook would show for these IOPub messages, as text."""
+    parts = []
+    for m in out:
+        t, c = m["header"]["msg_type"], m["content"]
+        if t == "stream":
+            parts.append(c["text"])
+        elif t in ("execute_result", "display_data"):
+            parts.append(c["data"].get("text/plain", "") + "\n")
+        elif t == "error":
+            parts.append(f"{c['ename']}: {c['evalue']}\n")
+    return "".join(parts)
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 def main() -> int:
     with LocalKernel() as k:
         print(k.write_connection_file(), flush=True)

@@ -35,6 +35,7 @@ log = logging.getLogger("notebookos.kernel.router")
 DELIM = b"<IDS|MSG>"
 HB_PERIOD = 0.3
 HB_DEAD_AFTER = 1.5
+STARTUP_GRACE = 60.0
 OVERLOADED = "NotebookOSOverloaded"
 EXECUTOR_LOST = "NotebookOSExecutorLost"
 
@@ -83,6 +84,8 @@ class Router:
         self.last_executor: int | None = None
         self.stopping = asyncio.Event()
         self.dropped = 0
+        self.started = time.monotonic()
+        self.majority_seen = False
         self._tasks: set[asyncio.Future[Any]] = set()
         self.overloads = 0
 
@@ -264,8 +267,12 @@ class Router:
         sock = self.front["hb"]
         while True:
             frames = await sock.recv_multipart()
-            # Answer only while a majority of the replicas lives: then the kernel can still commit.
+            # Answer only while a majority of the replicas lives (then the kernel can still commit),
+            # and while the replicas first start, so a client does not take a starting kernel for dead.
             if 2 * len(self._alive()) > len(self.replicas):
+                self.majority_seen = True
+                await sock.send_multipart(frames)
+            elif not self.majority_seen and time.monotonic() - self.started < STARTUP_GRACE:
                 await sock.send_multipart(frames)
 
     # --- executions ----------------------------------------------------------------------------------------
