@@ -49,6 +49,12 @@ e2e: venv toolchain  ## e2e tests against a real kube-apiserver, scheduler, cont
 
 test: lint typecheck unit e2e  ## every tier, lint included (what CI runs)
 
+up: venv toolchain  ## set up and run NotebookOS locally (control plane, fake GPU nodes, operator, a kernel, a cell)
+	NOTEBOOKOS_K8S_BIN=$$(bash e2e/toolchain/build.sh) $(BIN)/python -m e2e.testbed.up start
+
+down: venv  ## stop what `make up` started
+	$(BIN)/python -m e2e.testbed.up stop
+
 bench: venv  ## benchmarks: figures beside their baselines
 	$(BIN)/python -m benchmarks
 

@@ -4,7 +4,8 @@ Only pods labelled ``notebookos.io/runner=process`` and bound to a kwok node are
 first container's command and args ($(VAR) expanded as the kubelet does), its environment with
 values from Secrets, ConfigMaps and the downward API, ``POD_IP`` (a loopback address from kwok's
 pod CIDR, so the process can bind it), a service-account folder with a token bound to the pod
-(``NOTEBOOKOS_SA_DIR``) and the API server's address. Paths under emptyDir mounts are remapped to
+(``NOTEBOOKOS_SA_DIR``; environment values naming the well-known service-account path point there)
+and the API server's address. Paths under emptyDir mounts are remapped to
 a private folder per pod. The process is stopped when the pod is deleted; when it exits on its own,
 the pod is reported Failed. Test-only and deliberately small.
 """
@@ -32,6 +33,7 @@ from notebookos import labels
 
 from .cluster import Cluster
 
+SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -206,6 +208,9 @@ class ProcessRunner:
         workdir = self.root / f"{ns}-{name}-{uid[:8]}"
         workdir.mkdir(parents=True, exist_ok=True)
         env = self._env(pod, workdir)
+        sa_dir = self._service_account_dir(pod, workdir)
+        # What the kubelet would mount at the well-known path lives in the pod's own folder here.
+        env = {k: v.replace(SA_MOUNT, str(sa_dir)) for k, v in env.items()}
         host, port = self.cluster.server.removeprefix("https://").rsplit(":", 1)
         env.update(
             {
@@ -215,7 +220,7 @@ class ProcessRunner:
                 "TMPDIR": str(workdir),
                 "KUBERNETES_SERVICE_HOST": host,
                 "KUBERNETES_SERVICE_PORT": port,
-                "NOTEBOOKOS_SA_DIR": str(self._service_account_dir(pod, workdir)),
+                "NOTEBOOKOS_SA_DIR": str(sa_dir),
                 "PATH": os.environ.get("PATH", ""),
                 "PYTHONUNBUFFERED": "1",
             }

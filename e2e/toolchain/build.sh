@@ -8,10 +8,11 @@ set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.36.3}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
+HELM_VERSION=${HELM_VERSION:-v3.21.4}
 ETCD_SUITE=${ETCD_SUITE:-sid}
 GO_VERSION=$(go env GOVERSION)
 CACHE_ROOT=${NOTEBOOKOS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/notebookos}
-DEST=${NOTEBOOKOS_K8S_BIN:-$CACHE_ROOT/k8s-$K8S_VERSION-kwok-$KWOK_VERSION-etcd-$ETCD_SUITE-$GO_VERSION}
+DEST=${NOTEBOOKOS_K8S_BIN:-$CACHE_ROOT/k8s-$K8S_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION-etcd-$ETCD_SUITE-$GO_VERSION}
 
 if [[ -f $DEST/.complete ]]; then
   echo "$DEST"
@@ -92,6 +93,10 @@ for stage in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-
              pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
   install -m 0644 "$kwok_dir/kustomize/stage/$stage.yaml" "$DEST/kwok-stages/"
 done
+
+# --- helm, to lint and render the chart ------------------------------------------------------------
+log "go install helm@$HELM_VERSION"
+(cd "$work" && CGO_ENABLED=0 GOBIN="$DEST/bin" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION") >&2
 
 # --- etcd from Debian, unpacked privately ----------------------------------------------------------
 log "etcd from Debian $ETCD_SUITE"
