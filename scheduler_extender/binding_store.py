@@ -124,12 +124,16 @@ class KubeBindingStore:
         return self._names[key]
 
     def _patch(self, kernel: str, replica: int, body: Any) -> None:
+        # A list is a JSON patch (RFC 6902), an object a merge patch; the client must be told which.
+        content_type = "application/json-patch+json" if isinstance(body, list) else "application/merge-patch+json"
         ns, _ = split_kernel(kernel)
         kw: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": KernelReplica.crd_plural, "namespace": ns}
         for attempt in (0, 1):
             name = self._name_of(kernel, replica, refresh=attempt > 0)
             try:
-                self._custom.patch_namespaced_custom_object_status(name=name, body=body, **kw)
+                self._custom.patch_namespaced_custom_object_status(
+                    name=name, body=body, _content_type=content_type, **kw
+                )
                 return
             except ApiException as e:
                 if e.status == 404 and attempt == 0:
