@@ -127,6 +127,9 @@ class ClusterState:
         self._bound: Counter[str] = Counter()
         self._kernel_pods: Counter[str] = Counter()
         self._kernel_gpus: dict[str, int] = {}
+        # NodeViews are immutable: build each once and drop it when anything on its node changes,
+        # so a filter over thousands of nodes mostly reuses them.
+        self._view_cache: dict[str, tuple[NodeInfo, NodeView]] = {}
         self.synced: set[str] = set()
         """Which watches have completed their first LIST (nodes, pods, replicas)."""
 
@@ -134,6 +137,7 @@ class ClusterState:
 
     def set_node(self, name: str, info: NodeInfo | None) -> None:
         with self._lock:
+            self._view_cache.pop(name, None)
             if info is None:
                 self._nodes.pop(name, None)
             else:
@@ -142,6 +146,7 @@ class ClusterState:
     def replace_nodes(self, nodes: Mapping[str, NodeInfo]) -> None:
         with self._lock:
             self._nodes = dict(nodes)
+            self._view_cache.clear()
 
     def set_pod(self, key: str, entry: PodEntry | None) -> None:
         with self._lock:
@@ -161,14 +166,17 @@ class ClusterState:
             old = self._bindings.pop(key, None)
             if old is not None:
                 self._bound[old[0]] -= old[1]
+                self._view_cache.pop(old[0], None)
             if binding is not None:
                 self._bindings[key] = binding
                 self._bound[binding[0]] += binding[1]
+                self._view_cache.pop(binding[0], None)
 
     def replace_bindings(self, bindings: Mapping[str, tuple[str, int]]) -> None:
         with self._lock:
             self._bindings = dict(bindings)
             self._bound = Counter()
+            self._view_cache.clear()
             for node, n in self._bindings.values():
                 self._bound[node] += n
 
@@ -177,6 +185,7 @@ class ClusterState:
         self._kernel_pods[e.kernel] += 1
         self._kernel_gpus[e.kernel] = e.gpus
         if e.node:
+            self._view_cache.pop(e.node, None)
             self._subscribed[e.node] += e.gpus
             self._node_kernels.setdefault(e.node, Counter())[e.kernel] += 1
 
@@ -189,6 +198,7 @@ class ClusterState:
             del self._kernel_pods[e.kernel]
             self._kernel_gpus.pop(e.kernel, None)
         if e.node:
+            self._view_cache.pop(e.node, None)
             self._subscribed[e.node] -= e.gpus
             kc = self._node_kernels[e.node]
             kc[e.kernel] -= 1
@@ -215,8 +225,11 @@ class ClusterState:
         info = info or self._nodes.get(name)
         if info is None:
             return None
+        cached = self._view_cache.get(name)
+        if cached is not None and (cached[0] is info or cached[0] == info):
+            return cached[1]
         kernels = self._node_kernels.get(name)
-        return NodeView(
+        view = NodeView(
             name=name,
             gpus=info.gpus,
             subscribed=self._subscribed.get(name, 0),
@@ -225,6 +238,8 @@ class ClusterState:
             schedulable=info.schedulable,
             gpu_memory_bytes=info.gpu_memory_mib * 2**20 if info.gpu_memory_mib is not None else None,
         )
+        self._view_cache[name] = (info, view)
+        return view
 
     def demand(self) -> int:
         """GPUs requested by live kernels: each kernel's per-cell GPUs once, not once per replica."""
