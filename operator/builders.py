@@ -1,0 +1,412 @@
+"""Pure manifest builders: a NotebookKernel (and its replicas) in, plain Kubernetes manifests out.
+
+No I/O here. The handlers create what these return; the unit tests read what these return.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from notebookos import labels
+from notebookos.api import API_VERSION, KernelReplica, KernelReplicaSpec, NotebookKernel
+
+from . import naming
+from .config import OperatorConfig
+
+Manifest = dict[str, Any]
+
+REPLICA_MODULE = "notebookos.kernel.replica"
+ROUTER_MODULE = "notebookos.kernel.router"
+SCRATCH_DIR = "/tmp"  # the only writable path: the root filesystem is read-only
+RUN_AS = 1000
+
+
+def new_hmac_key() -> str:
+    """A fresh Jupyter message-signing key (256 bits, hex), made once per kernel."""
+    return secrets.token_hex(32)
+
+
+def owner_reference(owner: Mapping[str, Any]) -> Manifest:
+    """ownerReference to a notebookos.io object, so the garbage collector removes the child with it."""
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner.get("apiVersion", API_VERSION),
+        "kind": owner["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(
+    name: str, kernel: NotebookKernel, owner: Manifest, extra_labels: Mapping[str, str] | None = None
+) -> Manifest:
+    kname = _kname(kernel)
+    return {
+        "name": name,
+        "namespace": kernel.metadata.namespace,
+        "labels": {**naming.kernel_labels(kname), **(extra_labels or {})},
+        "ownerReferences": [owner],
+    }
+
+
+def _kname(kernel: NotebookKernel) -> str:
+    if not kernel.metadata.name:
+        raise ValueError("the NotebookKernel has no metadata.name")
+    return kernel.metadata.name
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernel-level objects
+# ------------------------------------------------------------------------------------------------
+
+
+def hmac_secret(kernel: NotebookKernel, owner: Manifest, key: str) -> Manifest:
+    """The Secret holding the kernel's Jupyter HMAC key (named in status, never copied there)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(naming.secret_name(_kname(kernel)), kernel, owner),
+        "type": "Opaque",
+        "stringData": {naming.HMAC_SECRET_KEY: key},
+    }
+
+
+def router_service(kernel: NotebookKernel, owner: Manifest, cfg: OperatorConfig) -> Manifest:
+    """The client-facing Service: the router's five Jupyter channels."""
+    kname = _kname(kernel)
+    ports = cfg.router_ports.to_wire()
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(naming.service_name(kname), kernel, owner),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": naming.router_selector(kname),
+            "ports": [
+                {"name": channel, "port": port, "targetPort": port, "protocol": "TCP"}
+                for channel, port in ports.items()
+            ],
+        },
+    }
+
+
+def headless_service(kernel: NotebookKernel, owner: Manifest, cfg: OperatorConfig) -> Manifest:
+    """Stable addressing of the replicas where cluster DNS exists (Raft port; not-ready too, since a
+    replica must reach its peers before it is ready)."""
+    kname = _kname(kernel)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(naming.headless_service_name(kname), kernel, owner),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": naming.replica_selector(kname),
+            "ports": [{"name": "raft", "port": cfg.raft_port, "targetPort": cfg.raft_port, "protocol": "TCP"}],
+        },
+    }
+
+
+def majority(replicas: int) -> int:
+    return replicas // 2 + 1
+
+
+def disruption_budget(kernel: NotebookKernel, owner: Manifest) -> Manifest:
+    """Voluntary evictions (drains, scale-in) never take the kernel below a Raft majority."""
+    kname = _kname(kernel)
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(naming.pdb_name(kname), kernel, owner),
+        "spec": {
+            "minAvailable": majority(kernel.spec.replicas),
+            "selector": {"matchLabels": naming.replica_selector(kname)},
+        },
+    }
+
+
+def format_peers(addresses: Mapping[int, str], port: int) -> str:
+    """ "1=10.0.0.4:7000,2=10.0.0.9:7000": Raft peers by replica id, only those with an address."""
+    return ",".join(f"{rid}={addresses[rid]}:{port}" for rid in sorted(addresses) if addresses[rid])
+
+
+def parse_peers(text: str) -> dict[int, str]:
+    """Inverse of format_peers: {replica id: "host:port"}."""
+    out: dict[int, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        rid, sep, addr = part.partition("=")
+        if not sep or not rid.isdigit() or ":" not in addr:
+            raise ValueError(f"peer entry {part!r} is not id=host:port")
+        out[int(rid)] = addr
+    return out
+
+
+def peer_addresses(replicas: Iterable[KernelReplica]) -> dict[int, str]:
+    """Replica id -> pod IP, from what the replicas' status says (no cluster DNS needed)."""
+    return {r.spec.replica_id: r.status.pod_ip for r in replicas if r.status.pod_ip}
+
+
+def peers_configmap(kernel: NotebookKernel, owner: Manifest, peers: str, cfg: OperatorConfig) -> Manifest:
+    """The kernel's current Raft membership, rewritten when a replica's pod moves."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(naming.peers_configmap_name(_kname(kernel)), kernel, owner),
+        "data": {
+            naming.PEERS_KEY: peers,
+            "replicas": str(kernel.spec.replicas),
+            "raftPort": str(cfg.raft_port),
+        },
+    }
+
+
+def kernel_replica(kernel: NotebookKernel, owner: Manifest, replica_id: int, cfg: OperatorConfig) -> Manifest:
+    """One KernelReplica resource (a Raft member), owned by the kernel."""
+    kname = _kname(kernel)
+    spec = KernelReplicaSpec(
+        kernel_name=kname,
+        replica_id=replica_id,
+        resources=kernel.spec.resources,
+        image=kernel.spec.image or cfg.image,
+    )
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "KernelReplica",
+        "metadata": _meta(
+            naming.replica_name(kname, replica_id),
+            kernel,
+            owner,
+            {labels.REPLICA_ID_LABEL: str(replica_id)},
+        ),
+        "spec": spec.to_wire(),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Pods
+# ------------------------------------------------------------------------------------------------
+
+
+def _pod_security() -> Manifest:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> Manifest:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _gpu_pool_tolerations(cfg: OperatorConfig) -> list[Manifest]:
+    return [
+        {
+            "key": labels.GPU_TAINT_KEY,
+            "operator": "Equal",
+            "value": labels.GPU_TAINT_VALUE,
+            "effect": labels.GPU_TAINT_EFFECT,
+        },
+        *(dict(t) for t in cfg.extra_tolerations),
+    ]
+
+
+def _pod_labels(kname: str, component: str, cfg: OperatorConfig) -> dict[str, str]:
+    out = {**naming.kernel_labels(kname), labels.COMPONENT_LABEL: component}
+    if cfg.runner:
+        out[labels.RUNNER_LABEL] = cfg.runner
+    return out
+
+
+def _service_account(cfg: OperatorConfig) -> Manifest:
+    # Kernel pods talk to the API only when the chart gives them an account for it.
+    if cfg.kernel_service_account:
+        return {"serviceAccountName": cfg.kernel_service_account, "automountServiceAccountToken": True}
+    return {"automountServiceAccountToken": False}
+
+
+def _env_value(name: str, value: str) -> Manifest:
+    return {"name": name, "value": value}
+
+
+def _env_field(name: str, path: str) -> Manifest:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def _common_env(kernel: NotebookKernel, cfg: OperatorConfig) -> list[Manifest]:
+    kname = _kname(kernel)
+    return [
+        _env_value("NOTEBOOKOS_KERNEL", kname),
+        _env_field("NOTEBOOKOS_NAMESPACE", "metadata.namespace"),
+        _env_field("POD_NAME", "metadata.name"),
+        _env_field("POD_IP", "status.podIP"),
+        {
+            "name": "NOTEBOOKOS_HMAC_KEY",
+            "valueFrom": {"secretKeyRef": {"name": naming.secret_name(kname), "key": naming.HMAC_SECRET_KEY}},
+        },
+        # A snapshot at start; the ConfigMap named below has the current membership.
+        {
+            "name": "NOTEBOOKOS_PEERS",
+            "valueFrom": {
+                "configMapKeyRef": {
+                    "name": naming.peers_configmap_name(kname),
+                    "key": naming.PEERS_KEY,
+                    "optional": True,
+                }
+            },
+        },
+        _env_value("NOTEBOOKOS_PEERS_CONFIGMAP", naming.peers_configmap_name(kname)),
+        _env_value("NOTEBOOKOS_REPLICAS", str(kernel.spec.replicas)),
+        _env_value("NOTEBOOKOS_RAFT_PORT", str(cfg.raft_port)),
+        _env_value("NOTEBOOKOS_BROKER_URL", cfg.broker_url),
+        _env_value("NOTEBOOKOS_GPUS", str(kernel.spec.resources.gpus)),
+        _env_value("HOME", SCRATCH_DIR),
+    ]
+
+
+def replica_env(kernel: NotebookKernel, replica_id: int, incarnation: int, cfg: OperatorConfig) -> list[Manifest]:
+    """The replica's environment: the single place of the env contract with notebookos.kernel.
+
+    The user's variables come first, so that ours (later entries win) cannot be overridden.
+    """
+    env: list[Manifest] = [_env_value(e.name, e.value) for e in kernel.spec.env]
+    env += _common_env(kernel, cfg)
+    env += [
+        _env_value("NOTEBOOKOS_REPLICA_ID", str(replica_id)),
+        _env_value("NOTEBOOKOS_INCARNATION", str(incarnation)),
+    ]
+    storage = kernel.spec.storage
+    if storage is not None:
+        env += [
+            _env_value("NOTEBOOKOS_STORAGE_URL", storage.url),
+            _env_value("NOTEBOOKOS_STORAGE_THRESHOLD_BYTES", str(storage.threshold_bytes)),
+        ]
+    return env
+
+
+def router_env(kernel: NotebookKernel, cfg: OperatorConfig) -> list[Manifest]:
+    ports = cfg.router_ports
+    return [
+        *_common_env(kernel, cfg),
+        _env_value("NOTEBOOKOS_SHELL_PORT", str(ports.shell)),
+        _env_value("NOTEBOOKOS_IOPUB_PORT", str(ports.iopub)),
+        _env_value("NOTEBOOKOS_STDIN_PORT", str(ports.stdin)),
+        _env_value("NOTEBOOKOS_CONTROL_PORT", str(ports.control)),
+        _env_value("NOTEBOOKOS_HB_PORT", str(ports.hb)),
+    ]
+
+
+def _scratch_volume() -> tuple[list[Manifest], list[Manifest]]:
+    return [{"name": "scratch", "emptyDir": {}}], [{"name": "scratch", "mountPath": SCRATCH_DIR}]
+
+
+def replica_pod(kernel: NotebookKernel, replica: Mapping[str, Any], incarnation: int, cfg: OperatorConfig) -> Manifest:
+    """The pod of one replica incarnation, owned by its KernelReplica.
+
+    No nvidia.com/gpu request: GPUs are bound per cell by the broker, and the extender reads the
+    per-cell need from the annotation. Required anti-affinity keeps one replica per node.
+    """
+    kname = _kname(kernel)
+    model = KernelReplica.model_validate(replica)
+    rid = model.spec.replica_id
+    res = model.spec.resources
+    volumes, mounts = _scratch_volume()
+    pod_labels = {
+        **_pod_labels(kname, naming.COMPONENT_REPLICA, cfg),
+        labels.REPLICA_ID_LABEL: str(rid),
+        naming.INCARNATION_LABEL: str(incarnation),
+    }
+    container: Manifest = {
+        "name": "replica",
+        "image": model.spec.image or kernel.spec.image or cfg.image,
+        "command": [cfg.python, "-m", REPLICA_MODULE],
+        "env": replica_env(kernel, rid, incarnation, cfg),
+        "ports": [{"name": "raft", "containerPort": cfg.raft_port, "protocol": "TCP"}],
+        "resources": {
+            "requests": {"cpu": res.cpu, "memory": res.memory},
+            "limits": {"memory": res.memory},
+        },
+        "securityContext": _container_security(),
+        "volumeMounts": mounts,
+    }
+    if kernel.spec.storage is not None and kernel.spec.storage.secret_name:
+        container["envFrom"] = [{"secretRef": {"name": kernel.spec.storage.secret_name}}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": naming.replica_pod_name(kname, rid, incarnation),
+            "namespace": kernel.metadata.namespace,
+            "labels": pod_labels,
+            "annotations": {labels.REPLICA_GPUS_ANNOTATION: str(res.gpus)},
+            "ownerReferences": [owner_reference(replica)],
+        },
+        "spec": {
+            "schedulerName": cfg.scheduler_name,
+            "restartPolicy": "Never",  # a failed replica is replaced by the operator, maybe elsewhere
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 30,
+            "nodeSelector": dict(cfg.node_selector),
+            "tolerations": _gpu_pool_tolerations(cfg),
+            "affinity": {
+                "podAntiAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "labelSelector": {"matchLabels": naming.replica_selector(kname)},
+                            "topologyKey": "kubernetes.io/hostname",
+                        }
+                    ]
+                }
+            },
+            "securityContext": _pod_security(),
+            **_service_account(cfg),
+            "containers": [container],
+            "volumes": volumes,
+        },
+    }
+
+
+def router_pod(kernel: NotebookKernel, owner: Manifest, cfg: OperatorConfig) -> Manifest:
+    """The kernel's router: speaks the Jupyter wire protocol to clients and fans out to replicas.
+    It needs no GPU; it tolerates the GPU pool's taint so that a GPU-only cluster can run it."""
+    kname = _kname(kernel)
+    volumes, mounts = _scratch_volume()
+    ports = cfg.router_ports.to_wire()
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            **_meta(naming.router_pod_name(kname), kernel, owner),
+            "labels": _pod_labels(kname, naming.COMPONENT_ROUTER, cfg),
+        },
+        "spec": {
+            "restartPolicy": "Always",
+            "enableServiceLinks": False,
+            "tolerations": _gpu_pool_tolerations(cfg),
+            "securityContext": _pod_security(),
+            **_service_account(cfg),
+            "containers": [
+                {
+                    "name": "router",
+                    "image": kernel.spec.image or cfg.image,
+                    "command": [cfg.python, "-m", ROUTER_MODULE],
+                    "env": router_env(kernel, cfg),
+                    "ports": [{"name": ch, "containerPort": p, "protocol": "TCP"} for ch, p in ports.items()],
+                    "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+                    "securityContext": _container_security(),
+                    "volumeMounts": mounts,
+                }
+            ],
+            "volumes": volumes,
+        },
+    }

@@ -1,0 +1,98 @@
+"""The operator's settings: where replicas run and what they are told. Read once at start-up from
+the environment (the chart sets it) or the command line; never changed while running."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from notebookos import labels
+from notebookos.api import ConnectionPorts
+
+DEFAULT_IMAGE = "ghcr.io/notebookos/kernel:0.1.0"
+DEFAULT_ROUTER_PORTS = ConnectionPorts(shell=5555, iopub=5556, stdin=5557, control=5558, hb=5559)
+
+
+class ConfigError(ValueError):
+    """A setting has a value the operator cannot use; the message names the setting."""
+
+
+def _parse_selector(name: str, text: str) -> dict[str, str]:
+    # "k=v,k2=v2", the kubectl --selector spelling; equality only.
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{name}: {part!r} is not key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _parse_json_list(name: str, text: str) -> list[dict[str, Any]]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name}: not JSON ({exc})") from exc
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"{name}: expected a JSON list of objects")
+    return value
+
+
+def _parse_int(name: str, text: str, lo: int, hi: int) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {text!r} is not an integer") from exc
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}: {value} is outside {lo}..{hi}")
+    return value
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Everything the builders need besides the resources themselves."""
+
+    image: str = DEFAULT_IMAGE
+    # Replica pods go through the NotebookOS scheduler (the extender); the router uses the default.
+    scheduler_name: str = labels.SCHEDULER_NAME
+    broker_url: str = ""
+    raft_port: int = 7000
+    router_ports: ConnectionPorts = field(default_factory=lambda: DEFAULT_ROUTER_PORTS.model_copy())
+    # Pool selection: the GPU pool label, plus extra equality terms (e.g. a test's own node set).
+    node_selector: Mapping[str, str] = field(default_factory=lambda: {labels.GPU_POOL_LABEL: labels.GPU_POOL_VALUE})
+    extra_tolerations: tuple[Mapping[str, Any], ...] = ()
+    # notebookos.io/runner label on kernel pods (the e2e process runner); empty: no label.
+    runner: str = labels.RUNNER_VALUE
+    # Service account for kernel pods; empty: none mounted (they need no API access by default).
+    kernel_service_account: str = ""
+    python: str = "python"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if env is None else env
+        kw: dict[str, Any] = {}
+        if v := env.get("NOTEBOOKOS_KERNEL_IMAGE"):
+            kw["image"] = v
+        if v := env.get("NOTEBOOKOS_SCHEDULER_NAME"):
+            kw["scheduler_name"] = v
+        if v := env.get("NOTEBOOKOS_BROKER_URL"):
+            kw["broker_url"] = v
+        if v := env.get("NOTEBOOKOS_RAFT_PORT"):
+            kw["raft_port"] = _parse_int("NOTEBOOKOS_RAFT_PORT", v, 1, 65535)
+        if v := env.get("NOTEBOOKOS_NODE_SELECTOR"):
+            kw["node_selector"] = {
+                labels.GPU_POOL_LABEL: labels.GPU_POOL_VALUE,
+                **_parse_selector("NOTEBOOKOS_NODE_SELECTOR", v),
+            }
+        if v := env.get("NOTEBOOKOS_EXTRA_TOLERATIONS"):
+            kw["extra_tolerations"] = tuple(_parse_json_list("NOTEBOOKOS_EXTRA_TOLERATIONS", v))
+        if "NOTEBOOKOS_RUNNER" in env:
+            kw["runner"] = env["NOTEBOOKOS_RUNNER"]
+        if v := env.get("NOTEBOOKOS_KERNEL_SERVICE_ACCOUNT"):
+            kw["kernel_service_account"] = v
+        if v := env.get("NOTEBOOKOS_KERNEL_PYTHON"):
+            kw["python"] = v
+        return cls(**kw)

@@ -1,0 +1,137 @@
+"""The few API calls the operator makes, over the official kubernetes client, returning plain dicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from notebookos.api import GROUP, VERSION
+
+Obj = dict[str, Any]
+
+PLURALS = {"NotebookKernel": "notebookkernels", "KernelReplica": "kernelreplicas"}
+
+
+def load_client() -> client.ApiClient:
+    """In-cluster credentials in a pod, else the current kubeconfig."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+class Conflict(Exception):
+    """The object changed since it was read (409); read it again and recompute."""
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        # Typed Any: the client accepts plain dicts as bodies, which its stubs do not say.
+        self.core: Any = client.CoreV1Api(api)
+        self.custom: Any = client.CustomObjectsApi(api)
+        self.policy: Any = client.PolicyV1Api(api)
+
+    def _dict(self, obj: Any) -> Obj:
+        out: Obj = self.api.sanitize_for_serialization(obj)
+        return out
+
+    # -------------------------------------------------------------------------------- custom objects
+
+    def get_custom(self, kind: str, ns: str, name: str) -> Obj | None:
+        try:
+            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[kind], name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_custom(self, kind: str, ns: str, selector: str) -> list[Obj]:
+        out = self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[kind], label_selector=selector)
+        return [dict(i) for i in out.get("items", [])]
+
+    def replace_status(self, obj: Obj) -> Obj:
+        """PUT the status subresource; the body's resourceVersion makes it a compare-and-swap."""
+        meta = obj["metadata"]
+        try:
+            return dict(
+                self.custom.replace_namespaced_custom_object_status(
+                    GROUP, VERSION, meta["namespace"], PLURALS[obj["kind"]], meta["name"], obj
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(meta["name"]) from exc
+            raise
+
+    # -------------------------------------------------------------------------------- built-ins
+
+    def create(self, manifest: Obj) -> Obj | None:
+        """Create; None when it already exists (deterministic names make this idempotent)."""
+        kind, ns = manifest["kind"], manifest["metadata"]["namespace"]
+        try:
+            if kind == "Secret":
+                return self._dict(self.core.create_namespaced_secret(ns, manifest))
+            if kind == "Service":
+                return self._dict(self.core.create_namespaced_service(ns, manifest))
+            if kind == "ConfigMap":
+                return self._dict(self.core.create_namespaced_config_map(ns, manifest))
+            if kind == "Pod":
+                return self._dict(self.core.create_namespaced_pod(ns, manifest))
+            if kind == "PodDisruptionBudget":
+                return self._dict(self.policy.create_namespaced_pod_disruption_budget(ns, manifest))
+            if kind in PLURALS:
+                return dict(self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[kind], manifest))
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+        raise ValueError(f"cannot create kind {kind}")
+
+    def get(self, kind: str, ns: str, name: str) -> Obj | None:
+        read = {
+            "Secret": self.core.read_namespaced_secret,
+            "Service": self.core.read_namespaced_service,
+            "ConfigMap": self.core.read_namespaced_config_map,
+            "Pod": self.core.read_namespaced_pod,
+            "PodDisruptionBudget": self.policy.read_namespaced_pod_disruption_budget,
+        }[kind]
+        try:
+            return self._dict(read(name, ns))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def exists(self, kind: str, ns: str, name: str) -> bool:
+        # Secrets: read only to learn that one exists; the key itself is never looked at.
+        return self.get(kind, ns, name) is not None
+
+    def patch_configmap_data(self, ns: str, name: str, data: dict[str, str]) -> None:
+        self.core.patch_namespaced_config_map(name, ns, {"data": data})
+
+    def list_pods(self, ns: str, selector: str) -> list[Obj]:
+        return [self._dict(p) for p in self.core.list_namespaced_pod(ns, label_selector=selector).items]
+
+    def list_pods_on_node(self, node: str, selector: str) -> list[Obj]:
+        pods = self.core.list_pod_for_all_namespaces(label_selector=selector, field_selector=f"spec.nodeName={node}")
+        return [self._dict(p) for p in pods.items]
+
+    def delete_pod(self, ns: str, name: str, force: bool = False) -> None:
+        try:
+            self.core.delete_namespaced_pod(name, ns, grace_period_seconds=0 if force else None)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def node_exists(self, name: str) -> bool:
+        try:
+            self.core.read_node(name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
