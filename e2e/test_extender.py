@@ -37,6 +37,9 @@ from notebookos.policy.ledger import Grant
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
+# Process names of their own: the full stack (e2e/testbed/stack.py) may run "broker" meanwhile.
+BROKER = "broker-extender-e2e"
+AGENT = "node-agent-extender-e2e"
 
 
 def replica_pod(name: str, kernel: str, gpus: int, scheduler: str, nodes: list[str]) -> dict[str, Any]:
@@ -256,7 +259,7 @@ def test_broker_with_real_tokens_and_status_records(cluster: Cluster, namespace:
 
         port = free_port()
         argv = [PY, "-m", "notebookos.extender.broker_main", "--host=127.0.0.1", f"--port={port}"]
-        cluster.spawn("broker", argv, ready_url=f"http://127.0.0.1:{port}/readyz")
+        cluster.spawn(BROKER, argv, ready_url=f"http://127.0.0.1:{port}/readyz")
         url = f"http://127.0.0.1:{port}"
 
         def acquire(token: str, replica: int, eid: str, gpus: int = 1) -> requests.Response:
@@ -285,8 +288,8 @@ def test_broker_with_real_tokens_and_status_records(cluster: Cluster, namespace:
         assert acquire("not-a-token", 2, "cell-z").status_code == 401
 
         # restart: the ledger comes back from status.gpuBinding; nothing is granted twice
-        cluster.stop("broker")
-        cluster.spawn("broker", argv, ready_url=f"http://127.0.0.1:{port}/readyz")
+        cluster.stop(BROKER)
+        cluster.spawn(BROKER, argv, ready_url=f"http://127.0.0.1:{port}/readyz")
         again = until(lambda: (x := acquire(tok_k1, 1, "cell-1")).status_code != 404 and x, 30, "the broker again")
         assert again.status_code == 200 and again.json()["devices"] == devices
         r2 = acquire(tok_k1, 2, "cell-2", gpus=2)
@@ -310,8 +313,17 @@ def test_broker_with_real_tokens_and_status_records(cluster: Cluster, namespace:
         asyncio.run(store.clear(stale))
         records = asyncio.run(store.load())
         assert [g.execution_id for g in records if g.kernel == f"{namespace}/k1"] == ["cell-2"]
+
+        # deleting a replica frees what it held: both GPUs become grantable again
+        custom.delete_namespaced_custom_object("notebookos.io", "v1alpha1", namespace, "kernelreplicas", "k1-2")
+        r3 = until(
+            lambda: (x := acquire(tok_k1, 1, "cell-3", gpus=2)).status_code == 200 and x,
+            30,
+            "the broker to free the deleted replica's GPUs",
+        )
+        assert sorted(r3.json()["devices"]) == sorted(d["uuid"] for d in inventory)
     finally:
-        cluster.stop("broker")
+        cluster.stop(BROKER)
         cluster.delete_nodes([node])
 
 
@@ -323,10 +335,10 @@ def test_node_agent_publishes_inventory_and_audits(cluster: Cluster) -> None:
     core = cluster.core()
     try:
         out = cluster.spawn(
-            "node-agent",
+            AGENT,
             [PY, "-m", "notebookos.extender.node_agent_main", f"--node={node}", "--nvml=fake:3", "--once"],
         )
-        assert out.wait(60) == 0, cluster.tail("node-agent")
+        assert out.wait(60) == 0, cluster.tail(AGENT)
         inv = json.loads(core.read_node(node).metadata.annotations[labels.GPU_INVENTORY_ANNOTATION])
         assert [d["uuid"] for d in inv] == [f"GPU-fake-{node}-{i}" for i in range(3)]
 
@@ -345,7 +357,7 @@ def test_node_agent_publishes_inventory_and_audits(cluster: Cluster) -> None:
         [ev] = until(event, 30, "the audit event on the node")
         assert "4242" in ev.message and ev.type == "Warning"
     finally:
-        cluster.stop("node-agent")
+        cluster.stop(AGENT)
         cluster.delete_nodes([node])
         try:
             core.delete_collection_namespaced_event("default", field_selector=f"involvedObject.name={node}")

@@ -72,6 +72,18 @@ class Broker:
                 self.metrics.releases.inc()
             return grant
 
+    async def forget(self, execution_id: str) -> Grant | None:
+        """The replica holding this execution's grant was deleted, and its record with it: free the
+        devices in the ledger. Keyed by execution id, so a late deletion event of an old replica
+        object never frees the grant of the one that replaced it."""
+        async with self._lock:
+            grant = self.ledger.release(execution_id)
+            if grant is not None:
+                log.info("replica %s/%d deleted: freed %s", grant.kernel, grant.replica, ", ".join(grant.devices))
+                if self.metrics:
+                    self.metrics.releases.inc()
+            return grant
+
     def per_node(self) -> list[tuple[str, int, int, int]]:
         out = []
         for node in self.ledger.nodes():

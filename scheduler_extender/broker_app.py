@@ -5,6 +5,7 @@ POST /v1/acquire  {"kernel", "replica", "node", "gpus", "executionId", "namespac
     409 {"reason", "code": "Unavailable"|"Conflict"}, 404 code UnknownNode, 400 code Invalid
 POST /v1/release  {"executionId"} -> 200 {"released": bool, "devices": [...]}
 GET  /v1/grants?node=N -> 200 {"grants": [...]} (admins only: the node agent's audit)
+(the same three without the /v1 prefix too, as notebookos.kernel.broker calls them)
 GET  /healthz, /readyz, /metrics
 
 Every /v1 call carries ``Authorization: Bearer <service-account token>``. ``kernel`` is the
@@ -32,6 +33,7 @@ from .metrics import BrokerMetrics, NodeGpuCollector
 
 log = logging.getLogger(__name__)
 
+UNGUARDED = frozenset({"/healthz", "/readyz", "/metrics"})
 REFUSAL_STATUS = {"Invalid": 400, "UnknownNode": 404, "Conflict": 409, "Unavailable": 409}
 
 Name = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_LABEL_PATTERN)]
@@ -169,7 +171,7 @@ def make_broker_app(
 
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/v1/") and not broker.ready:
+        if request.path not in UNGUARDED and not broker.ready:
             return _error(503, "the broker is rebuilding its ledger; retry", "NotReady")
         try:
             return await handler(request)
@@ -182,9 +184,10 @@ def make_broker_app(
             return _error(500, f"internal error: {e}", "Internal")
 
     app = web.Application(middlewares=[guard], client_max_size=1 << 20)
-    app.router.add_post("/v1/acquire", acquire)
-    app.router.add_post("/v1/release", release)
-    app.router.add_get("/v1/grants", grants)
+    for prefix in ("/v1", ""):  # the kernel's client (notebookos.kernel.broker) uses the bare paths
+        app.router.add_post(f"{prefix}/acquire", acquire)
+        app.router.add_post(f"{prefix}/release", release)
+        app.router.add_get(f"{prefix}/grants", grants)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)

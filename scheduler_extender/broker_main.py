@@ -17,10 +17,11 @@ from typing import Any
 from aiohttp import web
 from kubernetes import client
 
+from notebookos.api.models import GROUP, VERSION, KernelReplica
 from notebookos.labels import GPU_INVENTORY_ANNOTATION, GPU_POOL_LABEL, GPU_POOL_VALUE
 
 from .auth import TokenReviewAuthenticator
-from .binding_store import KubeBindingStore
+from .binding_store import KubeBindingStore, grant_from_replica
 from .broker import Broker
 from .broker_app import make_broker_app
 from .cluster_state import parse_inventory
@@ -94,10 +95,36 @@ def watch_inventory(api: client.ApiClient, broker: Broker, loop: asyncio.Abstrac
     return informer.start()
 
 
+def watch_replica_deletions(api: client.ApiClient, broker: Broker, loop: asyncio.AbstractEventLoop) -> Informer:
+    """A deleted KernelReplica takes its gpuBinding record with it: free those devices too."""
+
+    def on_event(kind: str, obj: dict[str, Any]) -> None:
+        if kind != "DELETED":
+            return
+        try:
+            grant = grant_from_replica(obj)
+        except Exception:
+            return
+        if grant is not None:
+            asyncio.run_coroutine_threadsafe(broker.forget(grant.execution_id), loop)
+
+    informer = Informer(
+        "replicas",
+        client.CustomObjectsApi(api).list_cluster_custom_object,
+        lambda items: None,  # start-up state comes from Broker.start()
+        on_event,
+        group=GROUP,
+        version=VERSION,
+        plural=KernelReplica.crd_plural,
+    )
+    return informer.start()
+
+
 async def serve(args: argparse.Namespace) -> None:
     api = api_client(args.kubeconfig)
     broker = Broker(KubeBindingStore(api))
-    informer = watch_inventory(api, broker, asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    informers = [watch_inventory(api, broker, loop), watch_replica_deletions(api, broker, loop)]
     auth = TokenReviewAuthenticator(api, admins=frozenset(args.admin), audiences=args.audience or None)
     runner = web.AppRunner(make_broker_app(broker, auth), access_log=None)
     await runner.setup()
@@ -119,7 +146,8 @@ async def serve(args: argparse.Namespace) -> None:
     try:
         await asyncio.Event().wait()
     finally:
-        informer.stop()
+        for i in informers:
+            i.stop()
         await runner.cleanup()
 
 

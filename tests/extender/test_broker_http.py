@@ -172,3 +172,15 @@ def test_bad_requests_name_the_problem(server_thread, body, status, needle) -> N
     _, srv = start_broker(server_thread, MemoryBindingStore())
     r = requests.post(f"{srv.url}/v1/acquire", json=body, headers=hdr("tok-k1"), timeout=10)
     assert r.status_code == status and needle in r.json()["reason"], r.text
+
+
+def test_bare_paths_of_the_kernel_client_and_forget(server_thread) -> None:
+    broker, srv = start_broker(server_thread, MemoryBindingStore())
+    r = requests.post(f"{srv.url}/acquire", json=acquire_body(1, "e1", gpus=8), headers=hdr("tok-k1"), timeout=10)
+    assert r.status_code == 200 and len(r.json()["devices"]) == 8
+    # a late deletion event of some other execution frees nothing; the holder's frees its devices
+    assert srv.call(broker.forget("other")) is None
+    assert srv.call(broker.forget("e1")) is not None
+    assert len(broker.ledger.idle_devices("n0")) == 8
+    r = requests.post(f"{srv.url}/release", json={"executionId": "e1"}, headers=hdr("tok-k1"), timeout=10)
+    assert r.json() == {"released": False, "devices": []}
