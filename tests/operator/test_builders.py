@@ -1,0 +1,236 @@
+"""Every manifest builder: what the operator asks the API server to create."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as hs
+
+from notebookos import labels
+from notebookos.api import NotebookKernel
+from notebookos.operator import builders, naming
+from notebookos.operator.config import OperatorConfig
+from tests.operator.factories import kernel_obj, replica_model, replica_obj
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_owner_reference_makes_the_kernel_the_controller() -> None:
+    ref = builders.owner_reference(kernel_obj("a"))
+    assert ref == {
+        "apiVersion": "notebookos.io/v1alpha1",
+        "kind": "NotebookKernel",
+        "name": "a",
+        "uid": "uid-a",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def test_hmac_key_is_256_random_bits_in_hex() -> None:
+    keys = {builders.new_hmac_key() for _ in range(20)}
+    assert len(keys) == 20
+    assert all(len(k) == 64 and int(k, 16) >= 0 for k in keys)
+
+
+def test_secret_holds_the_key_under_key(kernel: NotebookKernel, owner: dict) -> None:
+    s = builders.hmac_secret(kernel, owner, "abc")
+    assert s["kind"] == "Secret" and s["metadata"]["name"] == "k-key" and s["metadata"]["namespace"] == "ns"
+    assert s["stringData"] == {"key": "abc"}
+    assert s["metadata"]["ownerReferences"] == [owner]
+    assert s["metadata"]["labels"][labels.KERNEL_LABEL] == "k"
+
+
+def test_router_service_exposes_the_five_channels(kernel: NotebookKernel, owner: dict, cfg: OperatorConfig) -> None:
+    svc = builders.router_service(kernel, owner, cfg)
+    assert svc["metadata"]["name"] == "k"
+    assert svc["spec"]["selector"] == {labels.KERNEL_LABEL: "k", labels.COMPONENT_LABEL: "router"}
+    ports = {p["name"]: p["port"] for p in svc["spec"]["ports"]}
+    assert ports == cfg.router_ports.to_wire()
+    assert len(set(ports.values())) == 5
+
+
+def test_headless_service_selects_replicas_ready_or_not(
+    kernel: NotebookKernel, owner: dict, cfg: OperatorConfig
+) -> None:
+    svc = builders.headless_service(kernel, owner, cfg)
+    assert svc["metadata"]["name"] == "k-replicas"
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == {labels.KERNEL_LABEL: "k", labels.COMPONENT_LABEL: "replica"}
+    assert svc["spec"]["ports"][0]["port"] == cfg.raft_port
+
+
+@pytest.mark.parametrize(("replicas", "min_available"), [(1, 1), (3, 2), (5, 3), (7, 4), (9, 5)])
+def test_pdb_keeps_a_raft_majority(replicas: int, min_available: int, owner: dict) -> None:
+    k = NotebookKernel.model_validate(kernel_obj(spec={"replicas": replicas}))
+    pdb = builders.disruption_budget(k, owner)
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"]["minAvailable"] == min_available
+    assert pdb["spec"]["selector"]["matchLabels"] == naming.replica_selector("k")
+
+
+def test_peers_format_skips_replicas_without_an_address() -> None:
+    assert builders.format_peers({3: "10.0.0.3", 1: "10.0.0.1", 2: ""}, 7000) == "1=10.0.0.1:7000,3=10.0.0.3:7000"
+    assert builders.format_peers({}, 7000) == ""
+
+
+@given(hs.dictionaries(hs.integers(1, 9), hs.ip_addresses(v=4).map(str), max_size=9), hs.integers(1, 65535))
+def test_peers_round_trip(addresses: dict[int, str], port: int) -> None:
+    parsed = builders.parse_peers(builders.format_peers(addresses, port))
+    assert parsed == {rid: f"{ip}:{port}" for rid, ip in addresses.items()}
+
+
+@pytest.mark.parametrize("bad", ["1", "x=1.2.3.4:5", "1=1.2.3.4", "=1.2.3.4:5"])
+def test_bad_peer_entries_are_named(bad: str) -> None:
+    with pytest.raises(ValueError, match="is not id=host:port"):
+        builders.parse_peers(bad)
+
+
+def test_peer_addresses_come_from_replica_status() -> None:
+    replicas = [
+        replica_model(rid=1, podIp="10.0.0.1"),
+        replica_model(rid=2),
+        replica_model(rid=3, podIp="10.0.0.3"),
+    ]
+    assert builders.peer_addresses(replicas) == {1: "10.0.0.1", 3: "10.0.0.3"}
+
+
+def test_peers_configmap(kernel: NotebookKernel, owner: dict, cfg: OperatorConfig) -> None:
+    cm = builders.peers_configmap(kernel, owner, "1=a:7000", cfg)
+    assert cm["metadata"]["name"] == "k-peers"
+    assert cm["data"] == {"peers": "1=a:7000", "replicas": "3", "raftPort": "7000"}
+
+
+def test_kernel_replica_copies_resources_and_defaults_the_image(owner: dict, cfg: OperatorConfig) -> None:
+    k = NotebookKernel.model_validate(kernel_obj(spec={"resources": {"gpus": 2, "cpu": 4, "memory": "8Gi"}}))
+    r = builders.kernel_replica(k, owner, 2, cfg)
+    assert r["kind"] == "KernelReplica" and r["metadata"]["name"] == "k-2"
+    assert r["metadata"]["labels"][labels.REPLICA_ID_LABEL] == "2"
+    assert r["spec"] == {
+        "kernelName": "k",
+        "replicaId": 2,
+        "resources": {"gpus": 2, "cpu": "4", "memory": "8Gi"},
+        "image": cfg.image,
+    }
+    k2 = NotebookKernel.model_validate(kernel_obj(spec={"image": "mine:1"}))
+    assert builders.kernel_replica(k2, owner, 1, cfg)["spec"]["image"] == "mine:1"
+
+
+def test_replica_env_contract(cfg: OperatorConfig) -> None:
+    k = NotebookKernel.model_validate(
+        kernel_obj(
+            spec={
+                "env": [{"name": "A", "value": "1"}, {"name": "NOTEBOOKOS_REPLICA_ID", "value": "spoof"}],
+                "storage": {"url": "s3://b/p", "thresholdBytes": 10},
+                "resources": {"gpus": 2},
+            }
+        )
+    )
+    env = builders.replica_env(k, 2, 5, cfg)
+    last = {e["name"]: e for e in env}  # the kubelet keeps the last of duplicate names
+    assert last["NOTEBOOKOS_REPLICA_ID"]["value"] == "2"
+    assert last["NOTEBOOKOS_INCARNATION"]["value"] == "5"
+    assert last["A"]["value"] == "1"
+    assert last["NOTEBOOKOS_KERNEL"]["value"] == "k"
+    assert last["NOTEBOOKOS_GPUS"]["value"] == "2"
+    assert last["NOTEBOOKOS_RAFT_PORT"]["value"] == "7000"
+    assert last["NOTEBOOKOS_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert last["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert last["NOTEBOOKOS_HMAC_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "k-key", "key": "key"}
+    assert last["NOTEBOOKOS_PEERS"]["valueFrom"]["configMapKeyRef"]["name"] == "k-peers"
+    assert last["NOTEBOOKOS_PEERS_CONFIGMAP"]["value"] == "k-peers"
+    assert last["NOTEBOOKOS_STORAGE_URL"]["value"] == "s3://b/p"
+    assert last["NOTEBOOKOS_STORAGE_THRESHOLD_BYTES"]["value"] == "10"
+    assert "NOTEBOOKOS_BROKER_URL" in last
+    # The key itself is never in a manifest.
+    assert all("value" not in e or len(e["value"]) < 64 for e in env)
+
+
+def test_replica_pod(cfg: OperatorConfig) -> None:
+    k = NotebookKernel.model_validate(kernel_obj(spec={"resources": {"gpus": 4, "cpu": "2", "memory": "16Gi"}}))
+    replica = replica_obj(rid=3)
+    replica["spec"]["resources"] = {"gpus": 4, "cpu": "2", "memory": "16Gi"}
+    pod = builders.replica_pod(k, replica, 2, cfg)
+    meta, spec = pod["metadata"], pod["spec"]
+    assert meta["name"] == "k-3-i2"
+    assert meta["labels"][labels.KERNEL_LABEL] == "k"
+    assert meta["labels"][labels.COMPONENT_LABEL] == "replica"
+    assert meta["labels"][labels.REPLICA_ID_LABEL] == "3"
+    assert meta["labels"][naming.INCARNATION_LABEL] == "2"
+    assert meta["labels"][labels.RUNNER_LABEL] == labels.RUNNER_VALUE
+    assert meta["annotations"] == {labels.REPLICA_GPUS_ANNOTATION: "4"}
+    assert meta["ownerReferences"][0]["kind"] == "KernelReplica" and meta["ownerReferences"][0]["uid"] == "uid-k-3"
+    assert spec["schedulerName"] == labels.SCHEDULER_NAME
+    assert spec["restartPolicy"] == "Never"
+    assert spec["nodeSelector"] == {labels.GPU_POOL_LABEL: labels.GPU_POOL_VALUE}
+    assert {
+        "key": labels.GPU_TAINT_KEY,
+        "operator": "Equal",
+        "value": labels.GPU_TAINT_VALUE,
+        "effect": labels.GPU_TAINT_EFFECT,
+    } in spec["tolerations"]
+    term = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == {labels.KERNEL_LABEL: "k", labels.COMPONENT_LABEL: "replica"}
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["automountServiceAccountToken"] is False
+    (c,) = spec["containers"]
+    assert c["image"] == cfg.image
+    assert c["command"] == ["python", "-m", "notebookos.kernel.replica"]
+    assert c["resources"] == {"requests": {"cpu": "2", "memory": "16Gi"}, "limits": {"memory": "16Gi"}}
+    assert labels.GPU_RESOURCE not in str(c["resources"])
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["volumeMounts"] == [{"name": "scratch", "mountPath": "/tmp"}]
+    assert spec["volumes"] == [{"name": "scratch", "emptyDir": {}}]
+    assert _env(c)["NOTEBOOKOS_REPLICA_ID"]["value"] == "3"
+    assert "envFrom" not in c
+
+
+def test_replica_pod_settings_follow_the_config() -> None:
+    cfg = OperatorConfig(
+        scheduler_name="default-scheduler",
+        runner="",
+        kernel_service_account="kernels",
+        node_selector={labels.GPU_POOL_LABEL: "true", "pool": "a"},
+        extra_tolerations=({"key": "x", "operator": "Exists"},),
+    )
+    k = NotebookKernel.model_validate(kernel_obj(spec={"storage": {"url": "s3://b/p", "secretName": "creds"}}))
+    pod = builders.replica_pod(k, replica_obj(), 1, cfg)
+    assert pod["spec"]["schedulerName"] == "default-scheduler"
+    assert labels.RUNNER_LABEL not in pod["metadata"]["labels"]
+    assert pod["spec"]["serviceAccountName"] == "kernels" and pod["spec"]["automountServiceAccountToken"] is True
+    assert pod["spec"]["nodeSelector"] == {labels.GPU_POOL_LABEL: "true", "pool": "a"}
+    assert {"key": "x", "operator": "Exists"} in pod["spec"]["tolerations"]
+    assert pod["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "creds"}}]
+
+
+def test_router_pod(kernel: NotebookKernel, owner: dict, cfg: OperatorConfig) -> None:
+    pod = builders.router_pod(kernel, owner, cfg)
+    assert pod["metadata"]["name"] == "k-router"
+    assert pod["metadata"]["labels"][labels.COMPONENT_LABEL] == "router"
+    assert pod["metadata"]["ownerReferences"] == [owner]
+    spec = pod["spec"]
+    assert "schedulerName" not in spec and "nodeSelector" not in spec and "affinity" not in spec
+    assert spec["tolerations"][0]["key"] == labels.GPU_TAINT_KEY
+    (c,) = spec["containers"]
+    assert c["command"] == ["python", "-m", "notebookos.kernel.router"]
+    assert {p["containerPort"] for p in c["ports"]} == set(cfg.router_ports.to_wire().values())
+    env = _env(c)
+    assert env["NOTEBOOKOS_SHELL_PORT"]["value"] == str(cfg.router_ports.shell)
+    assert env["NOTEBOOKOS_HB_PORT"]["value"] == str(cfg.router_ports.hb)
+    assert env["NOTEBOOKOS_HMAC_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "k-key"
+    assert "NOTEBOOKOS_REPLICA_ID" not in env
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert labels.GPU_RESOURCE not in str(c["resources"])
+
+
+def test_builders_refuse_a_kernel_without_a_name(owner: dict, cfg: OperatorConfig) -> None:
+    k = NotebookKernel.model_validate({"spec": {}})
+    with pytest.raises(ValueError, match=r"no metadata\.name"):
+        builders.router_service(k, owner, cfg)
