@@ -9,6 +9,7 @@ Thread-safe: watches run in threads, handlers in the event loop.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections import Counter
@@ -58,6 +59,19 @@ def _d(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+@functools.lru_cache(maxsize=16384)
+def _inventory_summary(raw: str) -> tuple[int, int | None] | None:
+    """(healthy GPUs, smallest memory) of an inventory annotation, None if malformed. Cached: the
+    scheduler sends the same annotations with every request when nodeCacheCapable is false."""
+    try:
+        inv = parse_inventory(raw)
+    except ValueError:
+        return None
+    healthy = [d for d in inv if d.get("healthy", True) is not False]
+    mems = [d["memoryMiB"] for d in healthy if type(d.get("memoryMiB")) is int]
+    return len(healthy), (min(mems) if mems else None)
+
+
 def node_info_from_object(node: Mapping[str, Any]) -> NodeInfo:
     """GPUs from the node agent's inventory (healthy devices), else the nvidia.com/gpu capacity."""
     meta = _d(node.get("metadata"))
@@ -67,15 +81,9 @@ def node_info_from_object(node: Mapping[str, Any]) -> NodeInfo:
         isinstance(t, dict) and t.get("key") in REMOVAL_TAINTS for t in (taints if isinstance(taints, list) else [])
     )
     raw = _d(meta.get("annotations")).get(GPU_INVENTORY_ANNOTATION)
-    if isinstance(raw, str):
-        try:
-            inv = parse_inventory(raw)
-        except ValueError:
-            inv = None
-        if inv is not None:
-            healthy = [d for d in inv if d.get("healthy", True) is not False]
-            mems = [d["memoryMiB"] for d in healthy if type(d.get("memoryMiB")) is int]
-            return NodeInfo(len(healthy), min(mems) if mems else None, schedulable)
+    summary = _inventory_summary(raw) if isinstance(raw, str) else None
+    if summary is not None:
+        return NodeInfo(summary[0], summary[1], schedulable)
     cap = _d(_d(node.get("status")).get("capacity")).get(GPU_RESOURCE)
     try:
         gpus = max(int(cap), 0) if isinstance(cap, str | int) and not isinstance(cap, bool) else 0
