@@ -33,8 +33,8 @@ from notebookos.sim.workload import Cell, Workload
 
 # event kinds, in the order they apply when simultaneous (ends free GPUs before new work asks)
 HOST_READY, HOST_GONE, CELL_END, KERNEL_FREE, SESSION_END, SESSION_START, CELL_SUBMIT, RETRY, TICK = range(9)
-IMMEDIATE_S = 1.0
-"""A cell "starts at once" when its delay is at most this (the election alone is 10 ms)."""
+REBALANCE_BACKOFF_S = 120.0
+"""How long a kernel that no host could take waits before rebalancing is tried for it again."""
 
 
 @dataclass
@@ -79,6 +79,7 @@ class Kernel:
     grant: str | None = None
     retry_at: float = -1.0
     last_end: float = -math.inf
+    rebalance_after: float = -math.inf
 
 
 class Simulator:
@@ -539,6 +540,7 @@ class Simulator:
         if not self._unroomy:
             return
         free = [h for h in self.hosts.values() if h.state == "ready" and h.bound < self.G]
+        room = max((self.G - h.bound for h in free), default=0)
         todo, self._unroomy = sorted(self._unroomy), set()
         for s in todo:
             found = self.kernels.get(s)
@@ -552,11 +554,22 @@ class Simulator:
                 continue
             if self._roomy(k):
                 continue
-            targets = [h for h in free if h.bound + k.gpus <= self.G]
+            if k.gpus > room:
+                self._unroomy.add(s)  # no host has the room yet: try again on the next interval
+                continue
+            targets = [h for h in free if h.bound + k.gpus <= self.G and h.name not in k.hosts]
+            if not targets:
+                self._unroomy.add(s)
+                continue
             rank = "pack" if self.p.executor == "packed" else "spread"
             req = ReplicaRequest(f"k{k.session}", k.gpus, self.p.replicas)
+            if self.now < k.rebalance_after:
+                self._unroomy.add(s)
+                continue
             t = self._choose(targets, req, self.sr.value, rank)
-            if t is None:
+            if t is None:  # the subscription cap refuses every host with room: back off a while
+                k.rebalance_after = self.now + REBALANCE_BACKOFF_S
+                self._unroomy.add(s)
                 continue
             self._move(k, self._victim(k), t)
             self.rebalance_migrations += 1

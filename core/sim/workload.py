@@ -225,3 +225,12 @@ def synthetic(spec: SyntheticSpec, seed: int = 0) -> Workload:
         cells = [Cell(idx, c.index, c.submit, c.duration, c.gpus) for c in cells]
         sessions.append(Session(idx, f"syn{idx}", round(start), end, gpus, cells))
     return Workload(name=f"synthetic-{seed}", sessions=sessions, assumptions=[f"synthetic: {spec}"])
+
+
+def from_tuples(*sessions: tuple[float, float, int, list[tuple[float, float, int]]], name: str = "inline") -> Workload:
+    """A small workload written inline: sessions as (start s, stop s, peak GPUs, [(submit s,
+    duration s, gpus), ...]). For examples and tests."""
+    out = []
+    for i, (start, stop, gpus, cells) in enumerate(sessions):
+        out.append(Session(i, f"s{i}", start, stop, gpus, [Cell(i, j, *c) for j, c in enumerate(cells)]))
+    return Workload(name, out)
