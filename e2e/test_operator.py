@@ -43,11 +43,11 @@ class Bed:
 
     # ------------------------------------------------------------------ the operator process
 
-    def start_operator(self) -> None:
+    def start_operator(self, name: str = "operator", priority: int | None = None) -> None:
         self.starts += 1
         port = free_port()
         self.cluster.spawn(
-            "operator",
+            name,
             [
                 sys.executable,
                 "-m",
@@ -58,7 +58,7 @@ class Bed:
                 "notebookos",
                 # A restarted operator outranks any stale peering record of its predecessor.
                 "--priority",
-                str(100 + self.starts),
+                str(priority if priority is not None else 100 + self.starts),
                 "--scheduler-name",
                 "default-scheduler",
                 "--node-selector",
@@ -413,3 +413,39 @@ def test_operator_rbac_is_least_privilege(bed: Bed) -> None:
     assert not can("delete", "notebookkernels.notebookos.io")
     assert not can("list", "secrets") and not can("update", "secrets")
     assert not can("create", "deployments.apps") and not can("delete", "nodes")
+
+
+def test_a_second_operator_waits_while_the_first_acts_then_takes_over(bed: Bed, namespace: str) -> None:
+    bed.resize_pool(3)
+    bed.start_operator("operator-standby", priority=1)
+    try:
+
+        def standby_says(text: str) -> bool:
+            return text in (bed.cluster.logs_dir / "operator-standby.log").read_text(errors="replace")
+
+        # Mandatory peering: it starts paused and stays so while a higher priority peer is alive.
+        until(lambda: standby_says("Keep-alive in 'notebookos' cluster-wide: ok"), 60, "the standby to join peering")
+        assert standby_says("Pausing the watch-stream for notebookkernels")
+        bed.apply_minimal(namespace, "peered")
+        bed.wait_phase(namespace, "peered", "Ready")
+        # Only the active operator handled the kernel (kopf prefixes object logs with ns/name).
+        assert not standby_says(f"[{namespace}/peered")
+        assert not standby_says("Resuming the watch-stream for notebookkernels")
+
+        bed.stop_operator()
+        until(
+            lambda: standby_says("Resuming the watch-stream for notebookkernels"), 90, "the standby operator to resume"
+        )
+        victim = next(p for p in _live(bed.replica_pods(namespace, "peered")) if p.metadata.name.startswith("peered-1"))
+        bed.core.delete_namespaced_pod(victim.metadata.name, namespace)
+
+        def replaced() -> bool:
+            names = [p.metadata.name for p in _live(bed.replica_pods(namespace, "peered")) if p.spec.node_name]
+            return "peered-1-i2" in names and len(names) == 3
+
+        until(replaced, 60, "the standby operator, now active, to replace replica 1's pod")
+        assert standby_says(f"[{namespace}/peered-1")
+    finally:
+        bed.cluster.stop("operator-standby")
+        if "operator" not in bed.cluster.procs:
+            bed.start_operator()

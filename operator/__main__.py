@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"notebookos operator: {exc}", file=sys.stderr)
         return 2
-    kopf.configure(verbose=args.verbose)
+    kopf.configure(verbose=args.verbose, log_prefix=True)  # "[namespace/name]" on object logs
     logging.getLogger("notebookos").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("urllib3").setLevel(logging.INFO)  # one line per request drowns the rest
     from . import handlers  # registers the handlers
