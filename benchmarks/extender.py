@@ -30,7 +30,7 @@ from notebookos.extender.cluster_state import ClusterState, PodEntry, node_info_
 from notebookos.extender.extender_app import Extender, make_app
 from notebookos.labels import GPU_INVENTORY_ANNOTATION, GPU_POOL_LABEL, KERNEL_LABEL, REPLICA_GPUS_ANNOTATION
 from notebookos.policy.ledger import GpuLedger, Grant
-from notebookos.policy.placement import ReplicaRequest, SubscriptionRatio, filter_nodes, score_nodes
+from notebookos.policy.placement import ReplicaRequest, SubscriptionRatio, filter_nodes, rank_scores
 
 
 def node_obj(name: str, gpus: int = 8) -> dict[str, Any]:
@@ -166,7 +166,7 @@ async def bench_size(s: aiohttp.ClientSession, n: int, m: int, rng: random.Rando
     req = ReplicaRequest("bench/new-kernel", 2)
     ratio = ext.ratio.value
     pure_filter = summary(timed_sync(lambda: filter_nodes(views, req, ratio), m))
-    pure_score = summary(timed_sync(lambda: score_nodes(views), m))
+    pure_score = summary(timed_sync(lambda: rank_scores(views), m))
 
     async def post(path: str, body: bytes, base: str = url) -> None:
         async with s.post(f"{base}{path}", data=body, headers=hdr) as r:
@@ -180,7 +180,7 @@ async def bench_size(s: aiohttp.ClientSession, n: int, m: int, rng: random.Rando
     noop_names = summary(await timed(lambda: post("/noop", by_names, noop_url), m))
     row("filter, NodeNames (HTTP)", f_names, noop_names, "no-op handler")
     p_names = summary(await timed(lambda: post("/prioritize", by_names), m))
-    row("prioritize, NodeNames (HTTP)", p_names, pure_score, "pure score_nodes")
+    row("prioritize, NodeNames (HTTP)", p_names, pure_score, "pure rank_scores")
     row("prioritize, NodeNames (HTTP)", p_names, noop_names, "no-op handler")
     f_objs = summary(await timed(lambda: post("/filter", by_objs), m_objs))
     noop_objs = summary(await timed(lambda: post("/noop", by_objs, noop_url), m_objs))

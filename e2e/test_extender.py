@@ -109,8 +109,8 @@ def scheduler(cluster: Cluster) -> Iterator[Any]:
     """start(max_ratio) -> scheduler name; the extender and scheduler are stopped afterwards."""
     started: list[str] = []
 
-    def start(max_ratio: float, node_cache_capable: bool = True) -> str:
-        tag = uuid.uuid4().hex[:6]
+    def start(max_ratio: float, node_cache_capable: bool = True, tag: str | None = None) -> str:
+        tag = tag or uuid.uuid4().hex[:6]
         url = start_extender(cluster, f"extender-{tag}", max_ratio)
         started.append(f"extender-{tag}")
         sched = f"{labels.SCHEDULER_NAME}-{tag}"
@@ -193,6 +193,33 @@ def test_cap_reached_leaves_pods_pending_with_the_extenders_reason(
         freed = node_of(core, namespace, "k0-1")
         core.delete_namespaced_pod("k0-1", namespace, grace_period_seconds=0)
         assert until(lambda: node_of(core, namespace, "over-1"), 90, "the pending replica to be placed") == freed
+    finally:
+        cluster.delete_nodes(nodes)
+
+
+def test_a_burst_of_kernels_never_passes_the_cap(cluster: Cluster, namespace: str, scheduler: Any) -> None:
+    """Eight kernels' replicas created at once against one node whose cap is 3: the scheduler's
+    assumed pods are invisible to the extender, which waits for each passed pod to show bound."""
+    core = cluster.core()
+    nodes = cluster.add_gpu_nodes(1, gpus=1, prefix="ext-burst")
+    try:
+        # all pods queued before the scheduler starts: it takes them back to back
+        tag = uuid.uuid4().hex[:6]
+        names = [f"b{k}-1" for k in range(8)]
+        for k, name in enumerate(names):
+            core.create_namespaced_pod(
+                namespace, replica_pod(name, f"b{k}", 1, f"{labels.SCHEDULER_NAME}-{tag}", nodes)
+            )
+        scheduler(1.0, tag=tag)
+
+        def settled() -> list[str] | None:
+            bound = [n for n in names if node_of(core, namespace, n)]
+            evs = core.list_namespaced_event(namespace).items
+            failed = {e.involved_object.name for e in evs if e.reason == "FailedScheduling"}
+            return bound if len(bound) + len(failed - set(bound)) == len(names) else None
+
+        bound = until(settled, 60, "every pod to be bound or refused")
+        assert len(bound) == 3, f"cap of 3 GPUs passed: {bound}"
     finally:
         cluster.delete_nodes(nodes)
 

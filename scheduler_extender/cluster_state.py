@@ -249,6 +249,12 @@ class ClusterState:
         self._view_cache[name] = (info, view)
         return view
 
+    def pod_node(self, key: str) -> str | None:
+        """The node a replica pod is bound to, as the pod watch last reported it."""
+        with self._lock:
+            e = self._pods.get(key)
+            return e.node if e is not None else None
+
     def demand(self) -> int:
         """GPUs requested by live kernels: each kernel's per-cell GPUs once, not once per replica."""
         with self._lock:

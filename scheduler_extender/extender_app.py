@@ -18,17 +18,26 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from notebookos.labels import KERNEL_LABEL
 from notebookos.policy.placement import (
     DEFAULT_REPLICAS,
     NodeView,
     SubscriptionRatio,
     filter_nodes,
-    score_nodes,
+    rank_scores,
 )
 
 from .cluster_state import ClusterState, NodeInfo, node_info_from_object
 from .metrics import ExtenderMetrics, NodeGpuCollector
-from .wire import ExtenderArgs, WireError, filter_result, host_priority_list, parse_extender_args, replica_request
+from .wire import (
+    ExtenderArgs,
+    WireError,
+    filter_result,
+    host_priority_list,
+    parse_extender_args,
+    pod_key,
+    replica_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,7 @@ class Extender:
         replicas: int = DEFAULT_REPLICAS,
         registry: CollectorRegistry | None = None,
         required_syncs: frozenset[str] = frozenset(),
+        settle_timeout_s: float = 1.0,
     ) -> None:
         self.state = state
         self.ratio = ratio or SubscriptionRatio()
@@ -55,6 +65,10 @@ class Extender:
         self.metrics = ExtenderMetrics(self.registry)
         self.registry.register(NodeGpuCollector(state.per_node, lambda: self.ratio.value))
         self.required_syncs = required_syncs
+        self.settle_timeout_s = settle_timeout_s
+        # Replica pods that passed our filter and whose binding the pod watch has not shown yet,
+        # with the time after which we stop waiting for them.
+        self._in_flight: dict[str, float] = {}
 
     def update_ratio(self) -> float:
         """One sample of SR = demand / busy (the paper samples it every scaling interval)."""
@@ -73,6 +87,38 @@ class Extender:
         known = [v for v in views.values() if v is not None]
         unknown = {n: UNKNOWN_NODE for n, v in views.items() if v is None}
         return known, unknown
+
+    async def settle(self, pod: str) -> None:
+        """Wait until the replica pods this extender recently passed are seen bound (or their wait
+        runs out). kube-scheduler keeps a pod it has just placed as "assumed" in a cache extenders
+        never see; without this, a burst of pods could all be admitted against the same stale
+        count and pass a node's cap. Bindings usually show within milliseconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            for key, deadline in list(self._in_flight.items()):
+                if key == pod or deadline <= now or self.state.pod_node(key) is not None:
+                    del self._in_flight[key]
+            if not self._in_flight:
+                return
+            await asyncio.sleep(0.002)
+
+    def note_passed(self, pod: str) -> None:
+        if self.settle_timeout_s > 0:
+            self._in_flight[pod] = asyncio.get_running_loop().time() + self.settle_timeout_s
+
+    async def filter_settled(self, args: ExtenderArgs) -> dict[str, Any]:
+        """filter, after the placements of earlier replica pods have settled (see settle)."""
+        meta = args.pod.get("metadata") or {}
+        if KERNEL_LABEL not in (meta.get("labels") or {}):
+            return self.filter(args)
+        key = pod_key(args.pod)
+        await self.settle(key)
+        result = self.filter(args)
+        passed = result["NodeNames"] or (result["Nodes"] or {}).get("items")
+        if passed and not result["FailedAndUnresolvableNodes"]:
+            self.note_passed(key)
+        return result
 
     def filter(self, args: ExtenderArgs) -> dict[str, Any]:
         try:
@@ -98,7 +144,7 @@ class Extender:
         if request is None:
             return host_priority_list({}, names)
         views, _ = self._views(args)
-        return host_priority_list(score_nodes(views, request.replicas), names)
+        return host_priority_list(rank_scores(views, request.replicas), names)
 
 
 def _json_error(status: int, message: str) -> web.Response:
@@ -123,6 +169,8 @@ def make_app(extender: Extender) -> web.Application:
             try:
                 args = await _read_args(request)
                 result = fn(args)
+                if asyncio.iscoroutine(result):
+                    result = await result
             except WireError as e:
                 m.requests.labels(name, "bad_request").inc()
                 return _json_error(400, f"{name}: {e}")
@@ -151,7 +199,7 @@ def make_app(extender: Extender) -> web.Application:
         return web.Response(body=generate_latest(extender.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application(client_max_size=MAX_BODY)
-    app.router.add_post("/filter", verb("filter", extender.filter))
+    app.router.add_post("/filter", verb("filter", extender.filter_settled))
     app.router.add_post("/prioritize", verb("prioritize", extender.prioritize))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

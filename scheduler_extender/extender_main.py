@@ -44,6 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--replicas", type=int, default=int(_env("REPLICAS", str(DEFAULT_REPLICAS))), help="replicas per kernel"
     )
+    p.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=float(_env("SETTLE_TIMEOUT", "1.0")),
+        help="seconds a filter waits at most for replica pods it recently passed to show bound (0: never)",
+    )
     p.add_argument("--all-nodes", action="store_true", help="watch every node, not only the GPU pool")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
@@ -58,6 +64,7 @@ async def serve(args: argparse.Namespace) -> None:
         SubscriptionRatio(args.max_subscription_ratio, args.ratio_window),
         replicas=args.replicas,
         required_syncs=SYNC_NAMES - {"replicas"},  # the CRD may come later; bindings then count 0
+        settle_timeout_s=args.settle_timeout,
     )
     runner = web.AppRunner(make_app(extender), access_log=None)
     await runner.setup()

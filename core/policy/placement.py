@@ -134,6 +134,26 @@ def score_nodes(nodes: Sequence[NodeView], replicas: int = DEFAULT_REPLICAS) -> 
     return scores
 
 
+def rank_scores(nodes: Sequence[NodeView], replicas: int = DEFAULT_REPLICAS) -> dict[str, int]:
+    """Extender scores straight from `rank_key`'s order: nodes are grouped by (idle GPUs,
+    subscription) and the groups get evenly spaced scores from MAX_EXTENDER_PRIORITY (best) down
+    to 0 (worst). Up to 11 distinct groups each get a score of their own, so the subscription
+    tie-break survives the integer range (score_nodes rounds it away when idle GPUs are equal);
+    with more groups, neighbours may share a score but the order is never inverted."""
+    if not nodes:
+        return {}
+
+    def level(n: NodeView) -> tuple[int, float]:
+        return (-n.idle, round(subscription(n, replicas), 9))
+
+    levels = sorted({level(n) for n in nodes})
+    if len(levels) == 1:
+        return dict.fromkeys((n.name for n in nodes), MAX_EXTENDER_PRIORITY)
+    index = {lv: i for i, lv in enumerate(levels)}
+    span = len(levels) - 1
+    return {n.name: round(MAX_EXTENDER_PRIORITY * (1 - index[level(n)] / span)) for n in nodes}
+
+
 def best_node(nodes: Iterable[NodeView], request: ReplicaRequest, ratio: float) -> NodeView | None:
     """The node the policy would pick, or None when none is feasible."""
     feasible, _ = filter_nodes(nodes, request, ratio)

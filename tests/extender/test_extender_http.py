@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import requests
 from aiohttp import web
 
@@ -103,3 +106,50 @@ def test_ready_and_metrics(server_thread) -> None:
     assert 'notebookos_node_bound_gpus{node="n0"} 2.0' in text
     assert 'notebookos_node_idle_gpus{node="n0"} 6.0' in text
     assert "notebookos_subscription_ratio 2.0" in text
+
+
+def test_filter_waits_for_the_previous_replica_binding_before_counting(server_thread) -> None:
+    """kube-scheduler's assumed pods are invisible to extenders: a filter waits for the pods it
+    passed just before to show bound, so a burst cannot all be admitted against one stale count."""
+    state = cluster(1, 1)
+    for i in range(2):  # n0 promised 2 of its cap of 3 (1 GPU x 3 replicas x SR 1.0)
+        state.set_pod(f"ns/o{i}-1", PodEntry(f"ns/o{i}", 1, "n0"))
+    ext = Extender(state, SubscriptionRatio(1.0), settle_timeout_s=5.0)
+
+    async def factory() -> web.Application:
+        return make_app(ext)
+
+    srv = server_thread(factory)
+    first = requests.post(f"{srv.url}/filter", json={"Pod": replica_pod("a"), "NodeNames": ["n0"]}, timeout=10)
+    assert first.json()["NodeNames"] == ["n0"]
+    state.set_pod("ns/a-1", PodEntry("ns/a", 1, None))  # the watch has seen it, not yet bound
+
+    def bind_later() -> None:
+        time.sleep(0.3)
+        state.set_pod("ns/a-1", PodEntry("ns/a", 1, "n0"))  # the scheduler bound it
+
+    t = threading.Thread(target=bind_later)
+    t.start()
+    started = time.monotonic()
+    second = requests.post(f"{srv.url}/filter", json={"Pod": replica_pod("b"), "NodeNames": ["n0"]}, timeout=10)
+    waited = time.monotonic() - started
+    t.join()
+    assert waited >= 0.25
+    assert second.json()["NodeNames"] == [] and "cap reached" in second.json()["FailedNodes"]["n0"]
+
+
+def test_filter_stops_waiting_for_a_pod_that_never_binds(server_thread) -> None:
+    state = cluster(1, 8)
+    ext = Extender(state, SubscriptionRatio(7.0), settle_timeout_s=0.4)
+
+    async def factory() -> web.Application:
+        return make_app(ext)
+
+    srv = server_thread(factory)
+    assert requests.post(f"{srv.url}/filter", json={"Pod": replica_pod("a"), "NodeNames": ["n0"]}, timeout=10).ok
+    started = time.monotonic()
+    r = requests.post(f"{srv.url}/filter", json={"Pod": replica_pod("b"), "NodeNames": ["n0"]}, timeout=10)
+    assert r.json()["NodeNames"] == ["n0"] and 0.3 <= time.monotonic() - started < 3
+    started = time.monotonic()  # the same pod retried does not wait for itself
+    requests.post(f"{srv.url}/filter", json={"Pod": replica_pod("b"), "NodeNames": ["n0"]}, timeout=10)
+    assert time.monotonic() - started < 0.3

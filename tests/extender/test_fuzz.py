@@ -37,7 +37,7 @@ def extender_url() -> Iterator[str]:
     state.replace_nodes({f"n{i}": node_info_from_object(node_obj(f"n{i}")) for i in range(3)})
 
     async def factory() -> web.Application:
-        return make_app(Extender(state))
+        return make_app(Extender(state, settle_timeout_s=0.05))
 
     srv = ServerThread(factory).start()
     yield srv.url

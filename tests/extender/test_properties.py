@@ -18,6 +18,8 @@ from notebookos.policy.placement import (
     SubscriptionRatio,
     best_node,
     check_node,
+    rank_key,
+    rank_scores,
     score_nodes,
     subscription,
     subscription_cap,
@@ -61,6 +63,32 @@ def test_scores_in_range_and_monotone(specs) -> None:
         for b in views:
             if a.idle >= b.idle and subscription(a) <= subscription(b):
                 assert scores[a.name] >= scores[b.name]
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 8), st.integers(0, 8), st.integers(0, 40)),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_rank_scores_follow_the_policy_order(specs) -> None:
+    views = [NodeView(f"n{i}", g, subscribed=s, bound=min(b, g)) for i, (g, b, s) in enumerate(specs)]
+    scores = rank_scores(views)
+    assert all(0 <= s <= 10 for s in scores.values())
+
+    def level(v: NodeView) -> tuple[int, float]:
+        return (-v.idle, round(subscription(v), 9))
+
+    levels = {level(v) for v in views}
+    for a in views:
+        for b in views:
+            if level(a) <= level(b):  # a at least as good as b: never scored lower
+                assert scores[a.name] >= scores[b.name]
+            if level(a) < level(b) and len(levels) <= 11:  # distinct levels keep distinct scores
+                assert scores[a.name] > scores[b.name]
+    best = min(views, key=rank_key)
+    assert scores[best.name] == 10
 
 
 @settings(max_examples=60, deadline=None)
