@@ -84,9 +84,10 @@ class Broker:
                     self.metrics.releases.inc()
             return grant
 
-    def per_node(self) -> list[tuple[str, int, int, int]]:
-        out = []
+    def per_node(self) -> list[tuple[str, int, int, int | None]]:
+        """(node, GPUs, bound, -) for metrics; the broker knows nothing of subscriptions."""
+        out: list[tuple[str, int, int, int | None]] = []
         for node in self.ledger.nodes():
             bound = self.ledger.bound_count(node)
-            out.append((node, bound + len(self.ledger.idle_devices(node)), bound, bound))
+            out.append((node, bound + len(self.ledger.idle_devices(node)), bound, None))
         return out

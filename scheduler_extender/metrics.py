@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-PerNode = Callable[[], Iterable[tuple[str, int, int, int]]]  # (node, gpus, bound, subscribed)
+PerNode = Callable[[], Iterable[tuple[str, int, int, int | None]]]  # (node, gpus, bound, subscribed or None)
 
 
 class NodeGpuCollector(Collector):
@@ -27,10 +27,12 @@ class NodeGpuCollector(Collector):
         for node, gpus, b, s in self._per_node():
             bound.add_metric([node], b)
             idle.add_metric([node], max(gpus - b, 0))
-            sub.add_metric([node], s)
+            if s is not None:
+                sub.add_metric([node], s)
         yield bound
         yield idle
-        yield sub
+        if sub.samples:
+            yield sub
         if self._ratio is not None:
             yield GaugeMetricFamily(
                 "notebookos_subscription_ratio", "Cluster subscription ratio (smoothed)", value=self._ratio()

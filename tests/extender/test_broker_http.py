@@ -184,3 +184,15 @@ def test_bare_paths_of_the_kernel_client_and_forget(server_thread) -> None:
     assert len(broker.ledger.idle_devices("n0")) == 8
     r = requests.post(f"{srv.url}/release", json={"executionId": "e1"}, headers=hdr("tok-k1"), timeout=10)
     assert r.json() == {"released": False, "devices": []}
+
+
+def test_broker_metrics(server_thread) -> None:
+    _, srv = start_broker(server_thread, MemoryBindingStore())
+    requests.post(f"{srv.url}/v1/acquire", json=acquire_body(1, "e1", gpus=3), headers=hdr("tok-k1"), timeout=10)
+    requests.post(f"{srv.url}/v1/acquire", json=acquire_body(2, "e2", gpus=6), headers=hdr("tok-k2"), timeout=10)
+    text = requests.get(f"{srv.url}/metrics", timeout=10).text
+    assert "notebookos_gpu_grants_total 1.0" in text
+    assert 'notebookos_gpu_refusals_total{code="Unavailable"} 1.0' in text
+    assert 'notebookos_node_bound_gpus{node="n0"} 3.0' in text
+    assert 'notebookos_node_idle_gpus{node="n0"} 5.0' in text
+    assert "notebookos_node_subscribed_gpus" not in text
