@@ -227,9 +227,21 @@ def test_minimal_kernel_becomes_three_replicas_on_three_nodes(bed: Bed, namespac
     assert term.label_selector.match_labels[labels.KERNEL_LABEL] == "minimal"
     assert pod.spec.security_context.run_as_non_root is True
     assert container.security_context.read_only_root_filesystem is True
-    assert pod.spec.automount_service_account_token is False
     env = {e.name: e for e in container.env}
-    assert env["NOTEBOOKOS_HMAC_KEY"].value_from.secret_key_ref.name == conn["secretName"]
+    assert env["NOTEBOOKOS_KEY"].value_from.secret_key_ref.name == conn["secretName"]
+
+    # The kernel's pods run as the kernel's own service account, which reaches only its objects.
+    assert pod.spec.service_account_name == "minimal-kernel"
+    kernel_sa = f"--as=system:serviceaccount:{namespace}:minimal-kernel"
+    ns_args = ("-n", namespace, kernel_sa)
+    assert bed.cluster.kubectl("auth", "can-i", "get", "configmap/minimal-peers", *ns_args).stdout.strip() == "yes"
+    for denied in (("get", "configmap/other-peers"), ("list", "configmaps"), ("get", "secret/minimal-key")):
+        out = bed.cluster.kubectl("auth", "can-i", *denied, *ns_args, check=False)
+        assert out.stdout.strip() == "no", denied
+    out = bed.cluster.kubectl(
+        "auth", "can-i", "patch", "kernelreplicas.notebookos.io/minimal-2", "--subresource=status", *ns_args
+    )
+    assert out.stdout.strip() == "yes"
 
     # Peers from the replicas' pod IPs (no cluster DNS), and a PDB keeping a majority.
     peers = bed.core.read_namespaced_config_map("minimal-peers", namespace).data["peers"]
@@ -238,6 +250,8 @@ def test_minimal_kernel_becomes_three_replicas_on_three_nodes(bed: Bed, namespac
     assert pdb.spec.min_available == 2
     router = bed.core.read_namespaced_pod("minimal-router", namespace)
     assert router.status.phase == "Running"
+    router_env = {e.name: e.value for e in router.spec.containers[0].env}
+    assert router_env["NOTEBOOKOS_REPLICAS"] == peers.replace(":7000", ":9000")
 
     reasons = {e.reason for e in bed.events(namespace, "minimal")}
     assert {"Scheduled", "Ready"} <= reasons, reasons
@@ -303,6 +317,11 @@ def test_deleted_replica_pod_is_replaced_on_a_node_without_a_sibling(bed: Bed, n
     assert any(e.reason == "ReplicaReplaced" for e in bed.events(namespace, "heal-2"))
     peers = bed.core.read_namespaced_config_map("heal-peers", namespace).data["peers"]
     assert f"2={new.status.pod_ip}:7000" in peers
+    # The router was made again with the replica's new address.
+    router = bed.core.read_namespaced_pod("heal-router", namespace)
+    assert (
+        f"2={new.status.pod_ip}:9000" in {e.name: e.value for e in router.spec.containers[0].env}["NOTEBOOKOS_REPLICAS"]
+    )
 
 
 def test_replica_on_a_vanished_node_moves_to_another(bed: Bed, namespace: str) -> None:

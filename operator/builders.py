@@ -10,10 +10,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from notebookos import labels
-from notebookos.api import API_VERSION, KernelReplica, KernelReplicaSpec, NotebookKernel
+from notebookos.api import API_VERSION, GROUP, KernelReplica, KernelReplicaSpec, NotebookKernel
 
 from . import naming
-from .config import OperatorConfig
+from .config import CHANNELS, OperatorConfig
 
 Manifest = dict[str, Any]
 
@@ -228,11 +228,12 @@ def _pod_labels(kname: str, component: str, cfg: OperatorConfig) -> dict[str, st
     return out
 
 
-def _service_account(cfg: OperatorConfig) -> Manifest:
-    # Kernel pods talk to the API only when the chart gives them an account for it.
-    if cfg.kernel_service_account:
-        return {"serviceAccountName": cfg.kernel_service_account, "automountServiceAccountToken": True}
-    return {"automountServiceAccountToken": False}
+def _service_account(kernel: NotebookKernel, cfg: OperatorConfig) -> Manifest:
+    # Kernel pods need a token: the broker authenticates them by it, and they read their peers
+    # ConfigMap and report into their KernelReplica's status. The account is the kernel's own
+    # (rights on its own objects only) unless the chart names a shared one.
+    name = cfg.kernel_service_account or naming.kernel_service_account_name(_kname(kernel))
+    return {"serviceAccountName": name, "automountServiceAccountToken": True}
 
 
 def _env_value(name: str, value: str) -> Manifest:
@@ -245,16 +246,41 @@ def _env_field(name: str, path: str) -> Manifest:
 
 def _common_env(kernel: NotebookKernel, cfg: OperatorConfig) -> list[Manifest]:
     kname = _kname(kernel)
-    return [
+    env = [
         _env_value("NOTEBOOKOS_KERNEL", kname),
         _env_field("NOTEBOOKOS_NAMESPACE", "metadata.namespace"),
         _env_field("POD_NAME", "metadata.name"),
+        # POD_IP comes before the entries that expand $(POD_IP).
         _env_field("POD_IP", "status.podIP"),
+        _env_field("NOTEBOOKOS_NODE", "spec.nodeName"),
         {
-            "name": "NOTEBOOKOS_HMAC_KEY",
+            "name": "NOTEBOOKOS_KEY",
             "valueFrom": {"secretKeyRef": {"name": naming.secret_name(kname), "key": naming.HMAC_SECRET_KEY}},
         },
-        # A snapshot at start; the ConfigMap named below has the current membership.
+        _env_value("NOTEBOOKOS_GPUS", str(kernel.spec.resources.gpus)),
+        _env_value("HOME", SCRATCH_DIR),
+    ]
+    if cfg.broker_url:
+        env.append(_env_value("NOTEBOOKOS_BROKER_URL", cfg.broker_url))
+    return env
+
+
+def replica_env(kernel: NotebookKernel, replica_id: int, incarnation: int, cfg: OperatorConfig) -> list[Manifest]:
+    """The replica's environment: the single place of the env contract with notebookos.kernel
+    (kernel_image/config.py, ReplicaConfig).
+
+    The user's variables come first, so that ours (later entries win) cannot be overridden.
+    NOTEBOOKOS_PEERS is the peers ConfigMap at the moment the container starts; the ConfigMap named
+    by NOTEBOOKOS_PEERS_CONFIGMAP stays current as replicas move, and this replica's own entry is
+    always $(POD_IP):$(NOTEBOOKOS_RAFT_PORT).
+    """
+    kname = _kname(kernel)
+    env: list[Manifest] = [_env_value(e.name, e.value) for e in kernel.spec.env]
+    env += _common_env(kernel, cfg)
+    env += [
+        _env_value("NOTEBOOKOS_REPLICA_ID", str(replica_id)),
+        _env_value("NOTEBOOKOS_INCARNATION", str(incarnation)),
+        _env_value("NOTEBOOKOS_REPLICA_COUNT", str(kernel.spec.replicas)),
         {
             "name": "NOTEBOOKOS_PEERS",
             "valueFrom": {
@@ -266,43 +292,33 @@ def _common_env(kernel: NotebookKernel, cfg: OperatorConfig) -> list[Manifest]:
             },
         },
         _env_value("NOTEBOOKOS_PEERS_CONFIGMAP", naming.peers_configmap_name(kname)),
-        _env_value("NOTEBOOKOS_REPLICAS", str(kernel.spec.replicas)),
         _env_value("NOTEBOOKOS_RAFT_PORT", str(cfg.raft_port)),
-        _env_value("NOTEBOOKOS_BROKER_URL", cfg.broker_url),
-        _env_value("NOTEBOOKOS_GPUS", str(kernel.spec.resources.gpus)),
-        _env_value("HOME", SCRATCH_DIR),
-    ]
-
-
-def replica_env(kernel: NotebookKernel, replica_id: int, incarnation: int, cfg: OperatorConfig) -> list[Manifest]:
-    """The replica's environment: the single place of the env contract with notebookos.kernel.
-
-    The user's variables come first, so that ours (later entries win) cannot be overridden.
-    """
-    env: list[Manifest] = [_env_value(e.name, e.value) for e in kernel.spec.env]
-    env += _common_env(kernel, cfg)
-    env += [
-        _env_value("NOTEBOOKOS_REPLICA_ID", str(replica_id)),
-        _env_value("NOTEBOOKOS_INCARNATION", str(incarnation)),
+        _env_value("NOTEBOOKOS_RAFT_BIND", f"$(POD_IP):{cfg.raft_port}"),
+        _env_value("NOTEBOOKOS_JUPYTER_IP", "$(POD_IP)"),
+        _env_value("NOTEBOOKOS_JUPYTER_PORT", str(cfg.jupyter_port)),
+        _env_value("NOTEBOOKOS_DATA_DIR", f"{SCRATCH_DIR}/notebookos"),
     ]
     storage = kernel.spec.storage
     if storage is not None:
         env += [
-            _env_value("NOTEBOOKOS_STORAGE_URL", storage.url),
-            _env_value("NOTEBOOKOS_STORAGE_THRESHOLD_BYTES", str(storage.threshold_bytes)),
+            _env_value("NOTEBOOKOS_STORE_URL", storage.url),
+            _env_value("NOTEBOOKOS_STORE_THRESHOLD", str(storage.threshold_bytes)),
         ]
     return env
 
 
-def router_env(kernel: NotebookKernel, cfg: OperatorConfig) -> list[Manifest]:
-    ports = cfg.router_ports
+def router_members(addresses: Mapping[int, str], cfg: OperatorConfig) -> str:
+    """NOTEBOOKOS_REPLICAS of the router: each replica's Jupyter base address, by replica id."""
+    return format_peers(addresses, cfg.jupyter_port)
+
+
+def router_env(kernel: NotebookKernel, members: str, cfg: OperatorConfig) -> list[Manifest]:
+    """The router's environment (kernel_image/config.py, RouterConfig)."""
     return [
         *_common_env(kernel, cfg),
-        _env_value("NOTEBOOKOS_SHELL_PORT", str(ports.shell)),
-        _env_value("NOTEBOOKOS_IOPUB_PORT", str(ports.iopub)),
-        _env_value("NOTEBOOKOS_STDIN_PORT", str(ports.stdin)),
-        _env_value("NOTEBOOKOS_CONTROL_PORT", str(ports.control)),
-        _env_value("NOTEBOOKOS_HB_PORT", str(ports.hb)),
+        _env_value("NOTEBOOKOS_REPLICAS", members),
+        _env_value("NOTEBOOKOS_ROUTER_IP", "$(POD_IP)"),
+        _env_value("NOTEBOOKOS_ROUTER_PORT", str(cfg.router_port)),
     ]
 
 
@@ -331,7 +347,13 @@ def replica_pod(kernel: NotebookKernel, replica: Mapping[str, Any], incarnation:
         "image": model.spec.image or kernel.spec.image or cfg.image,
         "command": [cfg.python, "-m", REPLICA_MODULE],
         "env": replica_env(kernel, rid, incarnation, cfg),
-        "ports": [{"name": "raft", "containerPort": cfg.raft_port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "raft", "containerPort": cfg.raft_port, "protocol": "TCP"},
+            *(
+                {"name": ch, "containerPort": p, "protocol": "TCP"}
+                for ch, p in _channel_ports(cfg.jupyter_port).items()
+            ),
+        ],
         "resources": {
             "requests": {"cpu": res.cpu, "memory": res.memory},
             "limits": {"memory": res.memory},
@@ -369,39 +391,49 @@ def replica_pod(kernel: NotebookKernel, replica: Mapping[str, Any], incarnation:
                 }
             },
             "securityContext": _pod_security(),
-            **_service_account(cfg),
+            **_service_account(kernel, cfg),
             "containers": [container],
             "volumes": volumes,
         },
     }
 
 
-def router_pod(kernel: NotebookKernel, owner: Manifest, cfg: OperatorConfig) -> Manifest:
+def _channel_ports(base: int) -> dict[str, int]:
+    return {ch: base + i for i, ch in enumerate(CHANNELS)}
+
+
+def router_pod(kernel: NotebookKernel, owner: Manifest, members: str, cfg: OperatorConfig) -> Manifest:
     """The kernel's router: speaks the Jupyter wire protocol to clients and fans out to replicas.
-    It needs no GPU; it tolerates the GPU pool's taint so that a GPU-only cluster can run it."""
+
+    It needs no GPU; it tolerates the GPU pool's taint so that a GPU-only cluster can run it.
+    `members` (every replica's Jupyter address) is fixed in its environment; the annotation lets
+    the operator see when the replicas have moved and the router must be made again.
+    """
     kname = _kname(kernel)
     volumes, mounts = _scratch_volume()
-    ports = cfg.router_ports.to_wire()
+    meta = _meta(naming.router_pod_name(kname), kernel, owner)
+    meta["labels"] = _pod_labels(kname, naming.COMPONENT_ROUTER, cfg)
+    meta["annotations"] = {naming.ROUTER_MEMBERS_ANNOTATION: members}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            **_meta(naming.router_pod_name(kname), kernel, owner),
-            "labels": _pod_labels(kname, naming.COMPONENT_ROUTER, cfg),
-        },
+        "metadata": meta,
         "spec": {
             "restartPolicy": "Always",
             "enableServiceLinks": False,
             "tolerations": _gpu_pool_tolerations(cfg),
             "securityContext": _pod_security(),
-            **_service_account(cfg),
+            **_service_account(kernel, cfg),
             "containers": [
                 {
                     "name": "router",
                     "image": kernel.spec.image or cfg.image,
                     "command": [cfg.python, "-m", ROUTER_MODULE],
-                    "env": router_env(kernel, cfg),
-                    "ports": [{"name": ch, "containerPort": p, "protocol": "TCP"} for ch, p in ports.items()],
+                    "env": router_env(kernel, members, cfg),
+                    "ports": [
+                        {"name": ch, "containerPort": p, "protocol": "TCP"}
+                        for ch, p in _channel_ports(cfg.router_port).items()
+                    ],
                     "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
                     "securityContext": _container_security(),
                     "volumeMounts": mounts,
@@ -409,4 +441,61 @@ def router_pod(kernel: NotebookKernel, owner: Manifest, cfg: OperatorConfig) -> 
             ],
             "volumes": volumes,
         },
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# The kernel's own identity: its pods may read and report on this kernel's objects, nothing else
+# ------------------------------------------------------------------------------------------------
+
+
+def kernel_service_account(kernel: NotebookKernel, owner: Manifest) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(naming.kernel_service_account_name(_kname(kernel)), kernel, owner),
+    }
+
+
+def kernel_role(kernel: NotebookKernel, owner: Manifest) -> Manifest:
+    """Rights of the kernel's pods, each rule limited to this kernel's objects by name."""
+    kname = _kname(kernel)
+    replicas = [naming.replica_name(kname, rid) for rid in range(1, kernel.spec.replicas + 1)]
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(naming.kernel_service_account_name(kname), kernel, owner),
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [naming.peers_configmap_name(kname)],
+                "verbs": ["get"],
+            },
+            {"apiGroups": [GROUP], "resources": ["kernelreplicas"], "resourceNames": replicas, "verbs": ["get"]},
+            {
+                "apiGroups": [GROUP],
+                "resources": ["kernelreplicas/status"],
+                "resourceNames": replicas,
+                "verbs": ["get", "patch"],
+            },
+            {"apiGroups": [GROUP], "resources": ["notebookkernels"], "resourceNames": [kname], "verbs": ["get"]},
+            {
+                "apiGroups": [GROUP],
+                "resources": ["notebookkernels/status"],
+                "resourceNames": [kname],
+                "verbs": ["get", "patch"],
+            },
+        ],
+    }
+
+
+def kernel_role_binding(kernel: NotebookKernel, owner: Manifest) -> Manifest:
+    name = naming.kernel_service_account_name(_kname(kernel))
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(name, kernel, owner),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": kernel.metadata.namespace}],
     }

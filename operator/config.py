@@ -13,7 +13,9 @@ from notebookos import labels
 from notebookos.api import ConnectionPorts
 
 DEFAULT_IMAGE = "ghcr.io/notebookos/kernel:0.1.0"
-DEFAULT_ROUTER_PORTS = ConnectionPorts(shell=5555, iopub=5556, stdin=5557, control=5558, hb=5559)
+# The kernel image's processes use five consecutive ports from a base, in this order
+# (notebookos.kernel.config.CHANNELS).
+CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 
 
 class ConfigError(ValueError):
@@ -60,7 +62,9 @@ class OperatorConfig:
     scheduler_name: str = labels.SCHEDULER_NAME
     broker_url: str = ""
     raft_port: int = 7000
-    router_ports: ConnectionPorts = field(default_factory=lambda: DEFAULT_ROUTER_PORTS.model_copy())
+    # Base ports of the router's (client-facing) and each replica's Jupyter channels.
+    router_port: int = 5555
+    jupyter_port: int = 9000
     # Pool selection: the GPU pool label, plus extra equality terms (e.g. a test's own node set).
     node_selector: Mapping[str, str] = field(default_factory=lambda: {labels.GPU_POOL_LABEL: labels.GPU_POOL_VALUE})
     extra_tolerations: tuple[Mapping[str, Any], ...] = ()
@@ -69,6 +73,10 @@ class OperatorConfig:
     # Service account for kernel pods; empty: none mounted (they need no API access by default).
     kernel_service_account: str = ""
     python: str = "python"
+
+    @property
+    def router_ports(self) -> ConnectionPorts:
+        return ConnectionPorts.model_validate({name: self.router_port + i for i, name in enumerate(CHANNELS)})
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -82,6 +90,10 @@ class OperatorConfig:
             kw["broker_url"] = v
         if v := env.get("NOTEBOOKOS_RAFT_PORT"):
             kw["raft_port"] = _parse_int("NOTEBOOKOS_RAFT_PORT", v, 1, 65535)
+        if v := env.get("NOTEBOOKOS_ROUTER_PORT"):
+            kw["router_port"] = _parse_int("NOTEBOOKOS_ROUTER_PORT", v, 1, 65535 - len(CHANNELS))
+        if v := env.get("NOTEBOOKOS_JUPYTER_PORT"):
+            kw["jupyter_port"] = _parse_int("NOTEBOOKOS_JUPYTER_PORT", v, 1, 65535 - len(CHANNELS))
         if v := env.get("NOTEBOOKOS_NODE_SELECTOR"):
             kw["node_selector"] = {
                 labels.GPU_POOL_LABEL: labels.GPU_POOL_VALUE,

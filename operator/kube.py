@@ -34,6 +34,7 @@ class Kube:
         self.core: Any = client.CoreV1Api(api)
         self.custom: Any = client.CustomObjectsApi(api)
         self.policy: Any = client.PolicyV1Api(api)
+        self.rbac: Any = client.RbacAuthorizationV1Api(api)
 
     def _dict(self, obj: Any) -> Obj:
         out: Obj = self.api.sanitize_for_serialization(obj)
@@ -83,6 +84,12 @@ class Kube:
                 return self._dict(self.core.create_namespaced_pod(ns, manifest))
             if kind == "PodDisruptionBudget":
                 return self._dict(self.policy.create_namespaced_pod_disruption_budget(ns, manifest))
+            if kind == "ServiceAccount":
+                return self._dict(self.core.create_namespaced_service_account(ns, manifest))
+            if kind == "Role":
+                return self._dict(self.rbac.create_namespaced_role(ns, manifest))
+            if kind == "RoleBinding":
+                return self._dict(self.rbac.create_namespaced_role_binding(ns, manifest))
             if kind in PLURALS:
                 return dict(self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[kind], manifest))
         except ApiException as exc:
@@ -98,6 +105,9 @@ class Kube:
             "ConfigMap": self.core.read_namespaced_config_map,
             "Pod": self.core.read_namespaced_pod,
             "PodDisruptionBudget": self.policy.read_namespaced_pod_disruption_budget,
+            "ServiceAccount": self.core.read_namespaced_service_account,
+            "Role": self.rbac.read_namespaced_role,
+            "RoleBinding": self.rbac.read_namespaced_role_binding,
         }[kind]
         try:
             return self._dict(read(name, ns))

@@ -15,6 +15,7 @@ COMPONENT_ROUTER = "router"
 INCARNATION_LABEL = f"{labels.DOMAIN}/incarnation"
 HMAC_SECRET_KEY = "key"
 PEERS_KEY = "peers"
+ROUTER_MEMBERS_ANNOTATION = f"{labels.DOMAIN}/replicas"  # the router's NOTEBOOKOS_REPLICAS
 
 # The longest suffix added to a kernel name is "-replicas" (the headless Service, a DNS-1035 label
 # of at most 63 characters); kernel names are also label values (at most 63).
@@ -49,6 +50,10 @@ def peers_configmap_name(kernel: str) -> str:
 
 def pdb_name(kernel: str) -> str:
     return kernel
+
+
+def kernel_service_account_name(kernel: str) -> str:
+    return f"{kernel}-kernel"
 
 
 def router_pod_name(kernel: str) -> str:

@@ -101,6 +101,14 @@ class Reconciler:
             kube.create(builders.headless_service(kernel, owner, cfg))
         if not kube.exists("PodDisruptionBudget", ns, naming.pdb_name(name)):
             kube.create(builders.disruption_budget(kernel, owner))
+        if not cfg.kernel_service_account:
+            for manifest in (
+                builders.kernel_service_account(kernel, owner),
+                builders.kernel_role(kernel, owner),
+                builders.kernel_role_binding(kernel, owner),
+            ):
+                if not kube.exists(manifest["kind"], ns, manifest["metadata"]["name"]):
+                    kube.create(manifest)
 
         raw = [
             r
@@ -125,26 +133,35 @@ class Reconciler:
         elif (current.get("data") or {}) != peers["data"]:
             kube.patch_configmap_data(ns, naming.peers_configmap_name(name), peers["data"])
 
-        router = self._router(kernel, owner)
+        addresses = builders.peer_addresses(replicas)
+        complete = set(addresses) >= set(range(1, kernel.spec.replicas + 1))
+        router = self._router(kernel, owner, builders.router_members(addresses, cfg) if complete else None)
         new = st.kernel_status(kernel, replicas, router, service, cfg, now)
         self._write_status(obj, kernel.status, new, st.kernel_events(kernel.status, new))
 
-    def _router(self, kernel: NotebookKernel, owner: Obj) -> Obj | None:
+    def _router(self, kernel: NotebookKernel, owner: Obj, members: str | None) -> Obj | None:
+        """The router pod, made once every replica has an address (`members`), and made again when
+        the replicas have moved: the router's replica addresses are fixed in its environment."""
         kube, ns, name = self.kube, kernel.metadata.namespace or "", kernel.metadata.name or ""
         pod_name = naming.router_pod_name(name)
         pod = kube.get("Pod", ns, pod_name)
         if pod is not None and not _owned_by(pod, kernel.metadata.uid or ""):
             return None  # left over from an earlier kernel of the same name; the GC removes it
         if pod is not None:
-            node = str((pod.get("spec") or {}).get("nodeName") or "")
-            node_gone = bool(node) and not kube.node_exists(node)
-            if node_gone or (not _deleting(pod) and not st.pod_is_live(pod)):
-                kube.delete_pod(ns, pod_name, force=node_gone)
-                return None
             if _deleting(pod):
                 return None
+            node = str((pod.get("spec") or {}).get("nodeName") or "")
+            node_gone = bool(node) and not kube.node_exists(node)
+            made_for = ((pod.get("metadata") or {}).get("annotations") or {}).get(naming.ROUTER_MEMBERS_ANNOTATION)
+            moved = members is not None and made_for != members
+            if node_gone or moved or not st.pod_is_live(pod):
+                log.info("replacing router %s/%s (node gone: %s, replicas moved: %s)", ns, pod_name, node_gone, moved)
+                kube.delete_pod(ns, pod_name, force=node_gone)
+                return None
             return pod
-        made = kube.create(builders.router_pod(kernel, owner, self.cfg))
+        if members is None:
+            return None  # not every replica has an address yet
+        made = kube.create(builders.router_pod(kernel, owner, members, self.cfg))
         return made or kube.get("Pod", ns, pod_name)
 
     # ------------------------------------------------------------------------------------------ replica

@@ -134,20 +134,56 @@ def test_replica_env_contract(cfg: OperatorConfig) -> None:
     last = {e["name"]: e for e in env}  # the kubelet keeps the last of duplicate names
     assert last["NOTEBOOKOS_REPLICA_ID"]["value"] == "2"
     assert last["NOTEBOOKOS_INCARNATION"]["value"] == "5"
+    assert last["NOTEBOOKOS_REPLICA_COUNT"]["value"] == "3"
     assert last["A"]["value"] == "1"
     assert last["NOTEBOOKOS_KERNEL"]["value"] == "k"
     assert last["NOTEBOOKOS_GPUS"]["value"] == "2"
     assert last["NOTEBOOKOS_RAFT_PORT"]["value"] == "7000"
     assert last["NOTEBOOKOS_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert last["NOTEBOOKOS_NODE"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert last["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
-    assert last["NOTEBOOKOS_HMAC_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "k-key", "key": "key"}
+    assert last["NOTEBOOKOS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "k-key", "key": "key"}
     assert last["NOTEBOOKOS_PEERS"]["valueFrom"]["configMapKeyRef"]["name"] == "k-peers"
     assert last["NOTEBOOKOS_PEERS_CONFIGMAP"]["value"] == "k-peers"
-    assert last["NOTEBOOKOS_STORAGE_URL"]["value"] == "s3://b/p"
-    assert last["NOTEBOOKOS_STORAGE_THRESHOLD_BYTES"]["value"] == "10"
-    assert "NOTEBOOKOS_BROKER_URL" in last
+    # The replica binds its pod IP: $(POD_IP) is expanded by the kubelet, so POD_IP comes first.
+    names = [e["name"] for e in env]
+    assert last["NOTEBOOKOS_RAFT_BIND"]["value"] == "$(POD_IP):7000"
+    assert last["NOTEBOOKOS_JUPYTER_IP"]["value"] == "$(POD_IP)"
+    assert names.index("POD_IP") < names.index("NOTEBOOKOS_RAFT_BIND")
+    assert last["NOTEBOOKOS_JUPYTER_PORT"]["value"] == str(cfg.jupyter_port)
+    assert last["NOTEBOOKOS_DATA_DIR"]["value"].startswith(builders.SCRATCH_DIR + "/")
+    assert last["NOTEBOOKOS_STORE_URL"]["value"] == "s3://b/p"
+    assert last["NOTEBOOKOS_STORE_THRESHOLD"]["value"] == "10"
+    assert "NOTEBOOKOS_BROKER_URL" not in last  # none configured: the kernel image then runs CPU-only
+    with_broker = builders.replica_env(k, 2, 5, OperatorConfig(broker_url="http://b:1"))
+    assert {e["name"]: e for e in with_broker}["NOTEBOOKOS_BROKER_URL"]["value"] == "http://b:1"
     # The key itself is never in a manifest.
     assert all("value" not in e or len(e["value"]) < 64 for e in env)
+
+
+def test_replica_env_is_what_the_kernel_image_reads(cfg: OperatorConfig) -> None:
+    # Resolve the pod's env as the kubelet would and hand it to the kernel image's own parser.
+    from notebookos.kernel.config import ReplicaConfig, RouterConfig
+
+    k = NotebookKernel.model_validate(kernel_obj(spec={"resources": {"gpus": 0}}))
+    values = {"POD_IP": "10.1.0.2", "NOTEBOOKOS_NODE": "n2", "NOTEBOOKOS_NAMESPACE": "ns", "POD_NAME": "k-2-i1"}
+    values |= {"NOTEBOOKOS_KEY": "s3cret", "NOTEBOOKOS_PEERS": "1=10.1.0.1:7000,2=10.1.0.2:7000,3=10.1.0.3:7000"}
+    for e in builders.replica_env(k, 2, 1, cfg):
+        if "value" in e:
+            values[e["name"]] = e["value"].replace("$(POD_IP)", values["POD_IP"])
+    rc = ReplicaConfig.from_env(values)
+    assert (rc.kernel, rc.replica_id, str(rc.raft_bind), rc.jupyter_ip) == ("k", 2, "10.1.0.2:7000", "10.1.0.2")
+    assert rc.jupyter_port == cfg.jupyter_port and rc.node == "n2" and rc.key == b"s3cret"
+    members = builders.router_members({1: "10.1.0.1", 2: "10.1.0.2", 3: "10.1.0.3"}, cfg)
+    rvalues = {"POD_IP": "10.1.0.9", "NOTEBOOKOS_KEY": "s3cret"}
+    for e in builders.router_env(k, members, cfg):
+        if "value" in e:
+            rvalues[e["name"]] = e["value"].replace("$(POD_IP)", rvalues["POD_IP"])
+    router = RouterConfig.from_env(rvalues)
+    assert router.ip == "10.1.0.9" and router.port == cfg.router_port
+    assert {rid: str(a) for rid, a in router.replicas.items()} == {
+        rid: f"10.1.0.{rid}:{cfg.jupyter_port}" for rid in (1, 2, 3)
+    }
 
 
 def test_replica_pod(cfg: OperatorConfig) -> None:
@@ -177,7 +213,7 @@ def test_replica_pod(cfg: OperatorConfig) -> None:
     assert term["topologyKey"] == "kubernetes.io/hostname"
     assert term["labelSelector"]["matchLabels"] == {labels.KERNEL_LABEL: "k", labels.COMPONENT_LABEL: "replica"}
     assert spec["securityContext"]["runAsNonRoot"] is True
-    assert spec["automountServiceAccountToken"] is False
+    assert spec["serviceAccountName"] == "k-kernel" and spec["automountServiceAccountToken"] is True
     (c,) = spec["containers"]
     assert c["image"] == cfg.image
     assert c["command"] == ["python", "-m", "notebookos.kernel.replica"]
@@ -190,6 +226,8 @@ def test_replica_pod(cfg: OperatorConfig) -> None:
     assert spec["volumes"] == [{"name": "scratch", "emptyDir": {}}]
     assert _env(c)["NOTEBOOKOS_REPLICA_ID"]["value"] == "3"
     assert "envFrom" not in c
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"raft": 7000, "shell": 9000, "iopub": 9001, "stdin": 9002, "control": 9003, "hb": 9004}
 
 
 def test_replica_pod_settings_follow_the_config() -> None:
@@ -211,26 +249,57 @@ def test_replica_pod_settings_follow_the_config() -> None:
 
 
 def test_router_pod(kernel: NotebookKernel, owner: dict, cfg: OperatorConfig) -> None:
-    pod = builders.router_pod(kernel, owner, cfg)
+    pod = builders.router_pod(kernel, owner, "1=a:9000,2=b:9000,3=c:9000", cfg)
     assert pod["metadata"]["name"] == "k-router"
     assert pod["metadata"]["labels"][labels.COMPONENT_LABEL] == "router"
+    assert pod["metadata"]["annotations"] == {naming.ROUTER_MEMBERS_ANNOTATION: "1=a:9000,2=b:9000,3=c:9000"}
     assert pod["metadata"]["ownerReferences"] == [owner]
     spec = pod["spec"]
     assert "schedulerName" not in spec and "nodeSelector" not in spec and "affinity" not in spec
     assert spec["tolerations"][0]["key"] == labels.GPU_TAINT_KEY
+    assert spec["serviceAccountName"] == "k-kernel"
     (c,) = spec["containers"]
     assert c["command"] == ["python", "-m", "notebookos.kernel.router"]
-    assert {p["containerPort"] for p in c["ports"]} == set(cfg.router_ports.to_wire().values())
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == cfg.router_ports.to_wire()
     env = _env(c)
-    assert env["NOTEBOOKOS_SHELL_PORT"]["value"] == str(cfg.router_ports.shell)
-    assert env["NOTEBOOKOS_HB_PORT"]["value"] == str(cfg.router_ports.hb)
-    assert env["NOTEBOOKOS_HMAC_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "k-key"
+    assert env["NOTEBOOKOS_REPLICAS"]["value"] == "1=a:9000,2=b:9000,3=c:9000"
+    assert env["NOTEBOOKOS_ROUTER_PORT"]["value"] == str(cfg.router_port)
+    assert env["NOTEBOOKOS_ROUTER_IP"]["value"] == "$(POD_IP)"
+    assert env["NOTEBOOKOS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "k-key"
     assert "NOTEBOOKOS_REPLICA_ID" not in env
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert labels.GPU_RESOURCE not in str(c["resources"])
+
+
+def test_router_ports_are_consecutive_from_the_base() -> None:
+    assert OperatorConfig(router_port=6000).router_ports.to_wire() == {
+        "shell": 6000,
+        "iopub": 6001,
+        "stdin": 6002,
+        "control": 6003,
+        "hb": 6004,
+    }
+
+
+def test_kernel_identity_is_limited_to_its_own_objects(kernel: NotebookKernel, owner: dict) -> None:
+    sa = builders.kernel_service_account(kernel, owner)
+    role = builders.kernel_role(kernel, owner)
+    binding = builders.kernel_role_binding(kernel, owner)
+    assert sa["kind"] == "ServiceAccount" and sa["metadata"]["name"] == "k-kernel"
+    assert all(m["metadata"]["ownerReferences"] == [owner] for m in (sa, role, binding))
+    rules = {(r["apiGroups"][0], r["resources"][0]): r for r in role["rules"]}
+    assert rules[("", "configmaps")]["resourceNames"] == ["k-peers"] and rules[("", "configmaps")]["verbs"] == ["get"]
+    assert rules[("notebookos.io", "kernelreplicas/status")]["resourceNames"] == ["k-1", "k-2", "k-3"]
+    assert rules[("notebookos.io", "notebookkernels/status")]["resourceNames"] == ["k"]
+    assert all(r.get("resourceNames") for r in role["rules"])  # nothing namespace-wide
+    assert not any({"create", "delete", "list", "update"} & set(r["verbs"]) for r in role["rules"])
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "k-kernel"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "k-kernel", "namespace": "ns"}]
 
 
 def test_builders_refuse_a_kernel_without_a_name(owner: dict, cfg: OperatorConfig) -> None:
     k = NotebookKernel.model_validate({"spec": {}})
     with pytest.raises(ValueError, match=r"no metadata\.name"):
         builders.router_service(k, owner, cfg)
+    with pytest.raises(ValueError, match=r"no metadata\.name"):
+        builders.router_pod(k, owner, "", cfg)

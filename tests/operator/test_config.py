@@ -30,6 +30,8 @@ def test_from_env() -> None:
             "NOTEBOOKOS_SCHEDULER_NAME": "default-scheduler",
             "NOTEBOOKOS_BROKER_URL": "http://broker:8080",
             "NOTEBOOKOS_RAFT_PORT": "7100",
+            "NOTEBOOKOS_ROUTER_PORT": "6000",
+            "NOTEBOOKOS_JUPYTER_PORT": "9100",
             "NOTEBOOKOS_NODE_SELECTOR": "pool=a, zone=z1",
             "NOTEBOOKOS_EXTRA_TOLERATIONS": '[{"key": "k", "operator": "Exists"}]',
             "NOTEBOOKOS_RUNNER": "",
@@ -45,6 +47,7 @@ def test_from_env() -> None:
     assert cfg.node_selector == {labels.GPU_POOL_LABEL: labels.GPU_POOL_VALUE, "pool": "a", "zone": "z1"}
     assert cfg.extra_tolerations == ({"key": "k", "operator": "Exists"},)
     assert cfg.runner == "" and cfg.kernel_service_account == "kernels"
+    assert (cfg.router_port, cfg.router_ports.hb, cfg.jupyter_port) == (6000, 6004, 9100)
 
 
 @pytest.mark.parametrize(
@@ -52,6 +55,7 @@ def test_from_env() -> None:
     [
         ("NOTEBOOKOS_RAFT_PORT", "x", "NOTEBOOKOS_RAFT_PORT: 'x' is not an integer"),
         ("NOTEBOOKOS_RAFT_PORT", "70000", "NOTEBOOKOS_RAFT_PORT: 70000 is outside 1..65535"),
+        ("NOTEBOOKOS_ROUTER_PORT", "65534", "NOTEBOOKOS_ROUTER_PORT: 65534 is outside 1..65530"),
         ("NOTEBOOKOS_NODE_SELECTOR", "pool", "NOTEBOOKOS_NODE_SELECTOR: 'pool' is not key=value"),
         ("NOTEBOOKOS_EXTRA_TOLERATIONS", "[", "NOTEBOOKOS_EXTRA_TOLERATIONS: not JSON"),
         ("NOTEBOOKOS_EXTRA_TOLERATIONS", '{"a": 1}', "expected a JSON list of objects"),
