@@ -34,7 +34,8 @@ from notebookos.sim.workload import Cell, Workload
 # event kinds, in the order they apply when simultaneous (ends free GPUs before new work asks)
 HOST_READY, HOST_GONE, CELL_END, KERNEL_FREE, SESSION_END, SESSION_START, CELL_SUBMIT, RETRY, TICK = range(9)
 REBALANCE_BACKOFF_S = 120.0
-"""How long a kernel that no host could take waits before rebalancing is tried for it again."""
+REBALANCE_BACKOFF_MAX_S = 1800.0
+"""A kernel that no host could take is tried again after 120 s, then 240 s, ... up to 30 min."""
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Kernel:
     retry_at: float = -1.0
     last_end: float = -math.inf
     rebalance_after: float = -math.inf
+    rebalance_backoff: float = 0.0
 
 
 class Simulator:
@@ -477,6 +479,7 @@ class Simulator:
         k.busy = False
         k.last_end = self.now
         if self.p.rebalance:
+            k.rebalance_backoff, k.rebalance_after = 0.0, -math.inf  # it just ran: worth trying at once
             self._unroomy.add(s)
         if k.queue:
             self._next_cell(k)
@@ -554,23 +557,21 @@ class Simulator:
                 continue
             if self._roomy(k):
                 continue
-            if k.gpus > room:
-                self._unroomy.add(s)  # no host has the room yet: try again on the next interval
-                continue
-            targets = [h for h in free if h.bound + k.gpus <= self.G and h.name not in k.hosts]
-            if not targets:
+            if self.now < k.rebalance_after:  # backing off after a failed attempt
                 self._unroomy.add(s)
                 continue
-            rank = "pack" if self.p.executor == "packed" else "spread"
-            req = ReplicaRequest(f"k{k.session}", k.gpus, self.p.replicas)
-            if self.now < k.rebalance_after:
+            t = None
+            if k.gpus <= room:
+                targets = [h for h in free if h.bound + k.gpus <= self.G and h.name not in k.hosts]
+                rank = "pack" if self.p.executor == "packed" else "spread"
+                req = ReplicaRequest(f"k{k.session}", k.gpus, self.p.replicas)
+                t = self._choose(targets, req, self.sr.value, rank)
+            if t is None:  # no host with room, or the subscription cap refuses them: back off, doubling
+                k.rebalance_backoff = min(max(2 * k.rebalance_backoff, REBALANCE_BACKOFF_S), REBALANCE_BACKOFF_MAX_S)
+                k.rebalance_after = self.now + k.rebalance_backoff
                 self._unroomy.add(s)
                 continue
-            t = self._choose(targets, req, self.sr.value, rank)
-            if t is None:  # the subscription cap refuses every host with room: back off a while
-                k.rebalance_after = self.now + REBALANCE_BACKOFF_S
-                self._unroomy.add(s)
-                continue
+            k.rebalance_backoff = 0.0
             self._move(k, self._victim(k), t)
             self.rebalance_migrations += 1
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +234,23 @@ def from_tuples(*sessions: tuple[float, float, int, list[tuple[float, float, int
     for i, (start, stop, gpus, cells) in enumerate(sessions):
         out.append(Session(i, f"s{i}", start, stop, gpus, [Cell(i, j, *c) for j, c in enumerate(cells)]))
     return Workload(name, out)
+
+
+def shifted(workload: Workload, max_shift_s: float, seed: int) -> Workload:
+    """The workload with each session moved by its own uniform offset in [-max_shift_s, max_shift_s]
+    (at the trace's start at the earliest): same sessions and cells, other interleavings. Used to
+    show how much a comparison depends on one particular replay."""
+    rng = random.Random(seed)
+    t0 = min((s.start for s in workload.sessions), default=0.0)
+    out = []
+    for s in workload.sessions:
+        d = max(rng.uniform(-max_shift_s, max_shift_s), t0 - s.start)
+        cells = [replace(c, submit=c.submit + d) for c in s.cells]
+        out.append(Session(s.index, s.name, s.start + d, s.stop + d, s.gpus, cells))
+    return Workload(
+        f"{workload.name}~{seed}",
+        out,
+        workload.download_bps,
+        workload.upload_bps,
+        [*workload.assumptions, f"sessions shifted by up to {max_shift_s:g} s (seed {seed})"],
+    )
