@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from notebookos.labels import KERNEL_LABEL
+from notebookos.labels import KERNEL_LABEL, REPLICA_GPUS_ANNOTATION
 from notebookos.policy.placement import (
     DEFAULT_REPLICAS,
     NodeView,
@@ -110,8 +110,10 @@ class Extender:
     async def filter_settled(self, args: ExtenderArgs) -> dict[str, Any]:
         """filter, after the placements of earlier replica pods have settled (see settle)."""
         meta = args.pod.get("metadata") or {}
-        if KERNEL_LABEL not in (meta.get("labels") or {}):
-            return self.filter(args)
+        if KERNEL_LABEL not in (meta.get("labels") or {}) or REPLICA_GPUS_ANNOTATION not in (
+            meta.get("annotations") or {}
+        ):
+            return self.filter(args)  # not a replica: nothing the pod watch would show us
         key = pod_key(args.pod)
         await self.settle(key)
         result = self.filter(args)

@@ -120,17 +120,19 @@ def parse_gpus(value: str | None) -> int:
 
 
 def replica_request(pod: dict[str, Any], replicas: int = DEFAULT_REPLICAS) -> ReplicaRequest | None:
-    """The placement request a pod stands for, None when it is not a kernel replica (no kernel label).
+    """The placement request a pod stands for, None when it is not a kernel replica (no kernel
+    label, or no GPU annotation: the kernel's router, say).
 
     Raises ValueError (with the reason, shown in the pod's events) for a replica pod whose GPU
-    annotation is missing or malformed.
+    annotation is malformed.
     """
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
     kernel = labels.get(KERNEL_LABEL)
-    if not kernel:
+    annotations = meta.get("annotations") or {}
+    if not kernel or REPLICA_GPUS_ANNOTATION not in annotations:
         return None
-    gpus = parse_gpus((meta.get("annotations") or {}).get(REPLICA_GPUS_ANNOTATION))
+    gpus = parse_gpus(annotations[REPLICA_GPUS_ANNOTATION])
     return ReplicaRequest(kernel=f"{meta.get('namespace') or 'default'}/{kernel}", gpus=gpus, replicas=replicas)
 
 

@@ -82,6 +82,11 @@ def test_non_replica_pods_pass_untouched(server_thread) -> None:
     pod = {"metadata": {"name": "web", "namespace": "x"}}
     res = requests.post(f"{srv.url}/filter", json={"Pod": pod, "NodeNames": ["n0", "n1"]}, timeout=10).json()
     assert res["NodeNames"] == ["n0", "n1"] and res["FailedNodes"] == {}
+    router = {"metadata": {"name": "k-router", "namespace": "x", "labels": {"notebookos.io/kernel": "k"}}}
+    for _ in range(2):  # a kernel's router has no GPUs: passes, and nobody waits for its binding
+        started = time.monotonic()
+        res = requests.post(f"{srv.url}/filter", json={"Pod": router, "NodeNames": ["n0"]}, timeout=10).json()
+        assert res["NodeNames"] == ["n0"] and time.monotonic() - started < 0.5
 
 
 def test_bad_payloads_get_400_with_message_and_service_survives(server_thread) -> None:

@@ -47,6 +47,8 @@ def test_replica_request_from_pod() -> None:
     r = replica_request(replica_pod("k", gpus=2, ns="team"))
     assert r is not None and r.kernel == "team/k" and r.gpus == 2
     assert replica_request({"metadata": {"name": "plain"}}) is None
+    router = {"metadata": {"name": "k-router", "labels": {"notebookos.io/kernel": "k"}}}
+    assert replica_request(router) is None  # a kernel's pod without GPUs to account for
     bad = replica_pod("k")
     bad["metadata"]["annotations"][REPLICA_GPUS_ANNOTATION] = "two"
     with pytest.raises(ValueError, match="is not an integer"):
