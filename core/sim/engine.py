@@ -31,8 +31,9 @@ from notebookos.sim.config import Costs, Policy
 from notebookos.sim.metrics import Result, summarise
 from notebookos.sim.workload import Cell, Workload
 
-# event kinds, in the order they apply when simultaneous (ends free GPUs before new work asks)
-HOST_READY, HOST_GONE, CELL_END, KERNEL_FREE, SESSION_END, SESSION_START, CELL_SUBMIT, RETRY, TICK = range(9)
+# event kinds, in the order they apply when simultaneous: ends free GPUs before new work asks, a
+# session starts before its cells and ends after them (a zero-length session still opens first)
+HOST_READY, HOST_GONE, CELL_END, KERNEL_FREE, SESSION_START, CELL_SUBMIT, SESSION_END, RETRY, TICK = range(9)
 REBALANCE_BACKOFF_S = 120.0
 REBALANCE_BACKOFF_MAX_S = 1800.0
 """A kernel that no host could take is tried again after 120 s, then 240 s, ... up to 30 min."""

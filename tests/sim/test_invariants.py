@@ -6,11 +6,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from notebookos.sim.config import COST_PRESETS, POLICIES, with_gpus_per_host
 from notebookos.sim.engine import Simulator
 from notebookos.sim.metrics import Result
-from notebookos.sim.workload import SyntheticSpec, load_template, synthetic
+from notebookos.sim.workload import SyntheticSpec, from_tuples, load_template, synthetic
 
 # a crowded day: 30 sessions of up to 8 GPUs, cells every ~10 min: contention, migrations, scaling
 SPEC = SyntheticSpec(sessions=30, span_h=12.0, session_h=6.0, cell_gap_min=10.0, cell_min=15.0)
@@ -90,3 +92,30 @@ def test_invariants_on_the_month(traces) -> None:
     r = Simulator(w, POLICIES["notebookos"]).run()
     check(r, 8)
     assert r.cells_run == 30909
+
+
+@st.composite
+def small_workloads(draw: st.DrawFn) -> tuple[int, list]:
+    gpus = draw(st.sampled_from([1, 2, 4, 8]))
+    sessions = []
+    for _ in range(draw(st.integers(1, 6))):
+        start = draw(st.integers(0, 3000))
+        peak = draw(st.integers(1, gpus))
+        cells, t = [], start
+        for _ in range(draw(st.integers(1, 5))):
+            t += draw(st.integers(0, 900))
+            d = draw(st.integers(0, 1800))
+            cells.append((float(t), float(d), draw(st.integers(1, peak))))
+            t += d
+        sessions.append((float(start), float(t + draw(st.integers(0, 600))), peak, cells))
+    return gpus, sessions
+
+
+@settings(max_examples=60, deadline=None)
+@given(small_workloads(), st.sampled_from(sorted(POLICIES)), st.sampled_from(sorted(COST_PRESETS)))
+def test_invariants_hold_for_any_small_workload(case: tuple[int, list], policy: str, costs: str) -> None:
+    gpus, sessions = case
+    w = from_tuples(*sessions)
+    r = Simulator(w, with_gpus_per_host(POLICIES[policy], gpus), COST_PRESETS[costs]).run()
+    check(r, gpus)
+    assert r.gpu_hours_used == pytest.approx(sum(c.gpus * c.duration for c in w.cells) / 3600)
