@@ -324,6 +324,46 @@ def test_deleted_replica_pod_is_replaced_on_a_node_without_a_sibling(bed: Bed, n
     )
 
 
+def test_a_pod_that_fails_at_once_is_replaced_after_a_backoff(bed: Bed, namespace: str) -> None:
+    bed.resize_pool(4)
+    bed.apply_minimal(namespace, "crash")
+    bed.wait_phase(namespace, "crash", "Ready")
+    # What the kubelet (or the process runner) reports when the replica process exits.
+    bed.core.patch_namespaced_pod_status(
+        "crash-3-i1", namespace, {"status": {"phase": "Failed", "reason": "Error", "message": "exit code 1"}}
+    )
+    failed_at = time.monotonic()
+
+    def backing_off() -> dict[str, Any] | None:
+        r = next(r for r in bed.replicas(namespace, "crash") if r["spec"]["replicaId"] == 3)
+        return r if r["status"]["phase"] == "Failed" and _condition(r, "Ready")["reason"] == "BackOff" else None
+
+    replica = until(backing_off, 30, "replica 3 to report its failed pod and the backoff")
+    assert "pod crash-3-i1 failed (Error)" in _condition(replica, "Ready")["message"]
+    degraded = bed.wait_phase(namespace, "crash", "Degraded", timeout=30)
+    assert "replica 3 is Failed" in _condition(degraded, "Degraded")["message"]
+
+    def replaced() -> Any:
+        return {p.metadata.name: p for p in _live(bed.replica_pods(namespace, "crash"))}.get("crash-3-i2")
+
+    new = until(replaced, 60, "the replacement of the failed pod")
+    # Not at once: the first backoff is 5 s from the pod's last change (it became ready ~1 s in).
+    assert time.monotonic() - failed_at > 2.0
+    assert new.spec.node_name
+    until(
+        lambda: "crash-3-i1" not in [p.metadata.name for p in bed.replica_pods(namespace, "crash")],
+        30,
+        "the failed pod to be deleted",
+    )
+    bed.wait_phase(namespace, "crash", "Ready", timeout=60)
+    # Events are posted asynchronously.
+    until(
+        lambda: {"ReplicaFailed", "ReplicaReplaced"} <= {e.reason for e in bed.events(namespace, "crash-3")},
+        20,
+        "Warning events on the replica",
+    )
+
+
 def test_replica_on_a_vanished_node_moves_to_another(bed: Bed, namespace: str) -> None:
     bed.resize_pool(4)
     bed.apply_minimal(namespace, "nodeloss")

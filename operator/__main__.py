@@ -59,7 +59,10 @@ def config_from(args: argparse.Namespace) -> OperatorConfig:
 
 
 def post_event(obj: Obj, event: Event) -> None:
-    kopf.event(cast(kopf.Body, obj), type=event.type, reason=event.reason, message=event.message)
+    try:
+        kopf.event(cast(kopf.Body, obj), type=event.type, reason=event.reason, message=event.message)
+    except LookupError:  # outside kopf's context (no poster): the event still reaches the log
+        logging.getLogger(__name__).warning("event %s %s: %s", event.type, event.reason, event.message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

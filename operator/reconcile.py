@@ -7,6 +7,7 @@ objects in the API server, so an operator restarted at any point picks up where 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections.abc import Callable, Hashable
@@ -47,6 +48,7 @@ class Reconciler:
         # Mutual exclusion only (one reconcile per object at a time inside this process); no state.
         self._guard = threading.Lock()
         self._locks: dict[Hashable, threading.Lock] = {}
+        self._timers: dict[Hashable, threading.Timer] = {}
 
     def _lock(self, key: Hashable) -> threading.Lock:
         with self._guard:
@@ -186,7 +188,8 @@ class Reconciler:
         pods = [p for p in kube.list_pods(ns, selector) if _owned_by(p, replica.metadata.uid or "")]
         nodes = {n for p in pods if (n := (p.get("spec") or {}).get("nodeName"))}
         existing = {n for n in nodes if kube.node_exists(n)}
-        plan = st.plan_replica_pods(replica.status, pods, existing)
+        now = self.clock()
+        plan = st.plan_replica_pods(replica.status, pods, existing, now)
         for pod_name in plan.delete:
             pod = next(p for p in pods if p["metadata"]["name"] == pod_name)
             node = (pod.get("spec") or {}).get("nodeName")
@@ -197,5 +200,21 @@ class Reconciler:
             incarnation = plan.create_incarnation
             manifest = builders.replica_pod(kernel, obj, incarnation, self.cfg)
             current = kube.create(manifest) or kube.get("Pod", ns, manifest["metadata"]["name"])
-        new = st.replica_status(replica, current, incarnation, self.clock())
+        if plan.backoff > 0 and plan.failed is not None:
+            # Report the failed pod and come back when the backoff is over. The timer is only a
+            # wake-up: after a restart the initial listing brings the operator here again.
+            new = st.backoff_status(replica, plan.failed, incarnation, plan.backoff, now)
+            self._wake_up(plan.backoff, ("replica", ns, name), lambda: self.replica(ns, name))
+        else:
+            new = st.replica_status(replica, current, incarnation, now)
         self._write_status(obj, replica.status, new, st.replica_events(replica.status, new, plan.lost))
+
+    def _wake_up(self, delay: float, key: Hashable, fn: Callable[[], None]) -> None:
+        with self._guard:
+            if key in self._timers and self._timers[key].is_alive():
+                return
+            # In the handler's context, so that kopf's event posting works from the timer thread.
+            timer = threading.Timer(delay + 0.5, contextvars.copy_context().run, args=(fn,))
+            timer.daemon = True
+            self._timers[key] = timer
+        timer.start()

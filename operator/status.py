@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from notebookos.api import (
@@ -113,6 +113,13 @@ def loss_reason(pod: Mapping[str, Any] | None, existing_nodes: set[str] | None =
     return f"pod {name} is not usable"
 
 
+# A pod that fails this soon after it was made is crash-looping: its replacement waits, doubling
+# with each incarnation, so a broken image or configuration does not churn pods as fast as it can.
+FAST_FAILURE_SECONDS = 60.0
+BACKOFF_BASE_SECONDS = 5.0
+BACKOFF_MAX_SECONDS = 300.0
+
+
 @dataclass(frozen=True)
 class PodPlan:
     """What to do with a replica's pods: which one is current, which to delete, whether to create."""
@@ -121,20 +128,64 @@ class PodPlan:
     delete: tuple[str, ...]
     create_incarnation: int | None
     lost: str | None  # why a replacement is made, when it is one
+    backoff: float = 0.0  # seconds until the replacement may be made (the failed pod is kept till then)
+    failed: Mapping[str, Any] | None = None  # the crash-looping pod, while backing off
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _failed_at(pod: Mapping[str, Any]) -> datetime | None:
+    """When the pod failed: its container's finish time, else its last condition change (a time
+    taken from the pod, never from the clock, so that the backoff has an end)."""
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        finished = _parse_time(((cs.get("state") or {}).get("terminated") or {}).get("finishedAt"))
+        if finished is not None:
+            return finished
+    changes = [t for c in status.get("conditions") or [] if (t := _parse_time(c.get("lastTransitionTime")))]
+    return max(changes, default=None)
+
+
+def replacement_backoff(pod: Mapping[str, Any], incarnation: int, now: datetime) -> float:
+    """Seconds to wait before replacing this dead pod: none unless it failed soon after creation."""
+    if (pod.get("status") or {}).get("phase") != "Failed":
+        return 0.0
+    created = _parse_time((pod.get("metadata") or {}).get("creationTimestamp"))
+    failed = _failed_at(pod) or created
+    if created is None or failed is None or (failed - created).total_seconds() >= FAST_FAILURE_SECONDS:
+        return 0.0
+    delay = min(BACKOFF_BASE_SECONDS * 2 ** min(max(incarnation - 1, 0), 10), BACKOFF_MAX_SECONDS)
+    return max(0.0, (failed - now).total_seconds() + delay)
 
 
 def plan_replica_pods(
-    status: KernelReplicaStatus, pods: Sequence[Mapping[str, Any]], existing_nodes: set[str] | None
+    status: KernelReplicaStatus,
+    pods: Sequence[Mapping[str, Any]],
+    existing_nodes: set[str] | None,
+    now: datetime | None = None,
 ) -> PodPlan:
     """Keep the newest live pod; delete dead and duplicate ones; make a new incarnation if none lives.
 
     The next incarnation is one above any seen (in status or among the pods), so a pod created just
     before an operator restart is found, not made twice, and a replacement never reuses a name.
+    A pod that failed right after it started is replaced only after a backoff (given `now`).
     """
     live = sorted((p for p in pods if pod_is_live(p, existing_nodes)), key=pod_incarnation)
     dead = [p for p in pods if not pod_is_live(p, existing_nodes)]
     current = live[-1] if live else None
     delete = [p["metadata"]["name"] for p in live[:-1]]
+    seen = max([status.incarnation, *(pod_incarnation(p) for p in pods)])
+    newest_dead = max(dead, key=pod_incarnation, default=None)
+    if current is None and newest_dead is not None and now is not None:
+        wait = replacement_backoff(newest_dead, pod_incarnation(newest_dead), now)
+        if wait > 0:
+            return PodPlan(None, tuple(delete), None, None, wait, newest_dead)
     # Dead pods are deleted unless already on their way out; pods on vanished nodes are removed
     # even if marked deleted, since no kubelet will ever finish that.
     for p in dead:
@@ -144,11 +195,7 @@ def plan_replica_pods(
             delete.append(p["metadata"]["name"])
     if current is not None:
         return PodPlan(current, tuple(delete), None, None)
-    seen = max([status.incarnation, *(pod_incarnation(p) for p in pods)])
-    lost = None
-    if seen > 0:
-        newest_dead = max(dead, key=pod_incarnation, default=None)
-        lost = loss_reason(newest_dead, existing_nodes)
+    lost = loss_reason(newest_dead, existing_nodes) if seen > 0 else None
     return PodPlan(None, tuple(delete), seen + 1, lost)
 
 
@@ -239,6 +286,25 @@ def replica_status(
             "observed_generation": gen,
         }
     )
+
+
+def backoff_status(
+    replica: KernelReplica, failed: Mapping[str, Any], incarnation: int, wait: float, now: datetime
+) -> KernelReplicaStatus:
+    """The replica while its crash-looping pod waits to be replaced."""
+    base = replica_status(replica, failed, incarnation, now)
+    name = (failed.get("metadata") or {}).get("name")
+    conds = set_condition(
+        base.conditions,
+        ConditionType.READY,
+        ConditionStatus.FALSE,
+        "BackOff",
+        f"{loss_reason(failed)} soon after it started; the next pod is made at "
+        f"{(now + timedelta(seconds=round(wait))).isoformat()}",
+        now,
+        replica.metadata.generation,
+    )
+    return base.model_copy(update={"conditions": conds, "pod_name": name})
 
 
 def replica_events(old: KernelReplicaStatus, new: KernelReplicaStatus, lost: str | None) -> list[Event]:

@@ -307,3 +307,63 @@ def test_connection_info_without_cluster_ip_uses_the_dns_name() -> None:
     info = st.connection_info("k", svc, OperatorConfig())
     assert info is not None and info.host == "k.ns.svc"
     assert st.connection_info("k", None, OperatorConfig()) is None
+
+
+# ------------------------------------------------------------------------------------------------ backoff
+
+
+def failed_pod(name: str, inc: int, created: datetime, failed: datetime | None) -> dict:
+    pod = pod_obj(name, inc, phase="Failed")
+    pod["metadata"]["creationTimestamp"] = created.isoformat().replace("+00:00", "Z")
+    pod["status"]["reason"] = "Error"
+    if failed is not None:
+        pod["status"]["containerStatuses"] = [
+            {"name": "replica", "state": {"terminated": {"finishedAt": failed.isoformat().replace("+00:00", "Z")}}}
+        ]
+    return pod
+
+
+@pytest.mark.parametrize(("inc", "delay"), [(1, 5.0), (2, 10.0), (3, 20.0), (7, 300.0), (30, 300.0)])
+def test_backoff_doubles_per_incarnation_up_to_a_cap(inc: int, delay: float) -> None:
+    pod = failed_pod("p", inc, T0, T0 + timedelta(seconds=2))
+    assert st.replacement_backoff(pod, inc, T0 + timedelta(seconds=2)) == delay
+    # Time already waited counts.
+    assert st.replacement_backoff(pod, inc, T0 + timedelta(seconds=4)) == delay - 2
+
+
+def test_no_backoff_for_a_pod_that_lived_or_was_deleted() -> None:
+    lived = failed_pod("p", 3, T0, T0 + timedelta(seconds=st.FAST_FAILURE_SECONDS + 1))
+    assert st.replacement_backoff(lived, 3, T1 + timedelta(minutes=5)) == 0.0
+    assert st.replacement_backoff(pod_obj("p", deleting=True), 3, T0) == 0.0
+    no_times = pod_obj("p", 3, phase="Failed")
+    assert st.replacement_backoff(no_times, 3, T0) == 0.0
+
+
+def test_plan_keeps_a_crash_looping_pod_until_the_backoff_is_over() -> None:
+    pod = failed_pod("k-1-i2", 2, T0, T0 + timedelta(seconds=1))
+    plan = st.plan_replica_pods(KernelReplicaStatus(incarnation=2), [pod], {"n1"}, T0 + timedelta(seconds=3))
+    assert plan.create_incarnation is None and plan.delete == () and plan.failed is pod
+    assert plan.backoff == 8.0
+    later = st.plan_replica_pods(KernelReplicaStatus(incarnation=2), [pod], {"n1"}, T0 + timedelta(seconds=12))
+    assert later.create_incarnation == 3 and later.delete == ("k-1-i2",) and later.backoff == 0.0
+    assert later.lost == "pod k-1-i2 failed (Error)"
+
+
+def test_backoff_status_says_when_the_next_pod_comes() -> None:
+    pod = failed_pod("k-1-i2", 2, T0, T0 + timedelta(seconds=1))
+    s = st.backoff_status(replica_model(incarnation=2), pod, 2, 8.0, T0 + timedelta(seconds=3))
+    assert s.phase == ReplicaPhase.FAILED and s.pod_name == "k-1-i2"
+    c = cond(s.conditions, "Ready")
+    assert c.reason == "BackOff"
+    assert c.message == (
+        "pod k-1-i2 failed (Error) soon after it started; the next pod is made at 2026-01-01T00:00:11+00:00"
+    )
+
+
+def test_backoff_without_a_finish_time_uses_the_pods_last_condition_change() -> None:
+    pod = failed_pod("p", 1, T0, None)
+    pod["status"]["conditions"] = [{"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:00:03Z"}]
+    assert st.replacement_backoff(pod, 1, T0 + timedelta(seconds=4)) == 4.0
+    assert st.replacement_backoff(pod, 1, T0 + timedelta(seconds=9)) == 0.0  # over: it ends
+    bare = failed_pod("p", 1, T0, None)
+    assert st.replacement_backoff(bare, 1, T0 + timedelta(seconds=6)) == 0.0
