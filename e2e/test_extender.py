@@ -265,7 +265,7 @@ def _kernel_pod(core: client.CoreV1Api, ns: str, name: str, sa: str, node: str, 
 def test_broker_with_real_tokens_and_status_records(cluster: Cluster, namespace: str, crds: None) -> None:
     core = cluster.core()
     custom = client.CustomObjectsApi(cluster.api())
-    [node] = cluster.add_gpu_nodes(1, gpus=2, prefix="ext-broker")
+    node, other = cluster.add_gpu_nodes(2, gpus=2, prefix="ext-broker")
     try:
         for r in (1, 2):
             custom.create_namespaced_custom_object(
@@ -280,6 +280,10 @@ def test_broker_with_real_tokens_and_status_records(cluster: Cluster, namespace:
                     "spec": {"kernelName": "k1", "replicaId": r},
                 },
             )
+        # the operator records where replica 1 runs; replica 2's node is not known yet
+        custom.patch_namespaced_custom_object_status(
+            "notebookos.io", "v1alpha1", namespace, "kernelreplicas", "k1-1", {"status": {"nodeName": node}}
+        )
         tok_k1 = _kernel_pod(core, namespace, "k1-router", "k1", node, "k1")
         tok_k2 = _kernel_pod(core, namespace, "k2-router", "k2", node, "k2")
         tok_plain = _kernel_pod(core, namespace, "plain", "plain", node, None)
@@ -334,6 +338,11 @@ def test_broker_with_real_tokens_and_status_records(cluster: Cluster, namespace:
         status = custom.get_namespaced_custom_object("notebookos.io", "v1alpha1", namespace, "kernelreplicas", "k1-1")
         assert "gpuBinding" not in status.get("status", {})
 
+        # never on a node where replica 1 does not run
+        body = {"kernel": "k1", "replica": 1, "node": other, "gpus": 1, "executionId": "cell-w"}
+        r = requests.post(f"{url}/v1/acquire", json=body, headers={"Authorization": f"Bearer {tok_k1}"}, timeout=30)
+        assert r.status_code == 409 and f"runs on node {node}, not {other}" in r.json()["reason"]
+
         # the store's conditional clear (JSON patch test op) never removes a newer execution's record
         store = KubeBindingStore(cluster.api())
         stale = Grant(f"{namespace}/k1", 2, node, ("GPU-old",), "cell-old", 1)
@@ -351,7 +360,7 @@ def test_broker_with_real_tokens_and_status_records(cluster: Cluster, namespace:
         assert sorted(r3.json()["devices"]) == sorted(d["uuid"] for d in inventory)
     finally:
         cluster.stop(BROKER)
-        cluster.delete_nodes([node])
+        cluster.delete_nodes([node, other])
 
 
 # -------------------------------------------------------------------------------------- node agent

@@ -23,6 +23,10 @@ class StoreError(RuntimeError):
     """The durable record could not be written; the broker answers 503 and changes nothing."""
 
 
+class WrongNode(Exception):
+    """The replica runs on another node than the grant names: refused, nothing written."""
+
+
 class BindingStore(Protocol):
     async def load(self) -> list[Grant]: ...
 
@@ -31,6 +35,12 @@ class BindingStore(Protocol):
     async def clear(self, grant: Grant) -> None:
         """Remove the record of this grant, and only of this one (a newer grant stays)."""
         ...
+
+
+def check_node(grant: Grant, replica_node: str | None) -> None:
+    """A grant is for the node the replica runs on (its status.nodeName), when that is known."""
+    if replica_node and replica_node != grant.node:
+        raise WrongNode(f"replica {grant.replica} of {grant.kernel} runs on node {replica_node}, not {grant.node}")
 
 
 def split_kernel(kernel: str) -> tuple[str, str]:
@@ -70,6 +80,8 @@ class MemoryBindingStore:
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.records: dict[tuple[str, int], Grant] = {}
+        self.replica_nodes: dict[tuple[str, int], str] = {}
+        """status.nodeName of replicas, where a test sets one."""
         self.delay_s = delay_s
         self.fail_writes = False
 
@@ -81,6 +93,7 @@ class MemoryBindingStore:
             await asyncio.sleep(self.delay_s)
         if self.fail_writes:
             raise StoreError("store unavailable (test)")
+        check_node(grant, self.replica_nodes.get((grant.kernel, grant.replica)))
         self.records[(grant.kernel, grant.replica)] = grant
 
     async def clear(self, grant: Grant) -> None:
@@ -153,11 +166,33 @@ class KubeBindingStore:
         return grants
 
     async def write(self, grant: Grant) -> None:
-        body = {"status": {"gpuBinding": grant_to_binding(grant)}}
         try:
-            await asyncio.to_thread(self._patch, grant.kernel, grant.replica, body)
+            await asyncio.to_thread(self._write, grant)
         except ApiException as e:
             raise StoreError(f"writing status.gpuBinding: {e.status} {e.reason}") from None
+
+    def _write(self, grant: Grant) -> None:
+        """Read the replica, check its node, write the binding on that very version (the
+        resourceVersion precondition makes check and write atomic; retried on a conflict)."""
+        ns, _ = split_kernel(grant.kernel)
+        kw: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": KernelReplica.crd_plural, "namespace": ns}
+        for attempt in range(5):
+            name = self._name_of(grant.kernel, grant.replica, refresh=attempt > 0)
+            try:
+                obj: Any = self._custom.get_namespaced_custom_object(name=name, **kw)
+                check_node(grant, (obj.get("status") or {}).get("nodeName"))
+                body = {
+                    "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                    "status": {"gpuBinding": grant_to_binding(grant)},
+                }
+                self._custom.patch_namespaced_custom_object_status(
+                    name=name, body=body, _content_type="application/merge-patch+json", **kw
+                )
+                return
+            except ApiException as e:
+                if e.status in (404, 409) and attempt < 4:
+                    continue  # recreated under another name, or changed since we read it
+                raise
 
     async def clear(self, grant: Grant) -> None:
         # JSON patch with a test: only this execution's record is removed, never a newer one.

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from notebookos.policy.ledger import GpuLedger, Grant, Refusal
 
-from .binding_store import BindingStore, StoreError
+from .binding_store import BindingStore, StoreError, WrongNode
 from .metrics import BrokerMetrics
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,12 @@ class Broker:
             if isinstance(result, Grant) and before is None:
                 try:
                     await self.store.write(result)
+                except WrongNode as e:
+                    self.ledger.release(execution_id)
+                    refusal = Refusal(str(e), "Conflict")
+                    if self.metrics:
+                        self.metrics.refusals.labels(refusal.code).inc()
+                    return refusal
                 except Exception as e:
                     self.ledger.release(execution_id)  # not durable: not granted
                     raise StoreError(str(e)) from e

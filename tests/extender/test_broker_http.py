@@ -196,3 +196,16 @@ def test_broker_metrics(server_thread) -> None:
     assert 'notebookos_node_bound_gpus{node="n0"} 3.0' in text
     assert 'notebookos_node_idle_gpus{node="n0"} 5.0' in text
     assert "notebookos_node_subscribed_gpus" not in text
+
+
+def test_grants_only_on_the_node_the_replica_runs_on(server_thread) -> None:
+    store = MemoryBindingStore()
+    store.replica_nodes[("ns/k1", 1)] = "n1"
+    broker, srv = start_broker(server_thread, store)
+    r = requests.post(f"{srv.url}/v1/acquire", json=acquire_body(1, "e1", gpus=2), headers=hdr("tok-k1"), timeout=10)
+    assert r.status_code == 409 and "runs on node n1, not n0" in r.json()["reason"]
+    assert broker.ledger.grants() == [] and store.records == {}
+    r = requests.post(
+        f"{srv.url}/v1/acquire", json=acquire_body(1, "e1", gpus=1, node="n1"), headers=hdr("tok-k1"), timeout=10
+    )
+    assert r.status_code == 200 and r.json()["devices"] == ["GPU-n1-0"]
