@@ -10,6 +10,7 @@ kube-scheduler here (the extender has its own tests); kwok marks them Running an
 from __future__ import annotations
 
 import base64
+import subprocess
 import sys
 import time
 import uuid
@@ -508,3 +509,24 @@ def test_a_second_operator_waits_while_the_first_acts_then_takes_over(bed: Bed, 
         bed.cluster.stop("operator-standby")
         if "operator" not in bed.cluster.procs:
             bed.start_operator()
+
+
+def test_the_chart_renders_and_the_api_server_accepts_it(bed: Bed) -> None:
+    helm = bed.cluster.bin_dir / "bin" / "helm"
+    rendered = subprocess.run(
+        [str(helm), "template", "notebookos", str(CHART), "-n", SYSTEM_NS, "--set", "operator.replicas=2"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["ClusterKopfPeering", "ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+    out = bed.cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered)
+    assert "deployment.apps/notebookos-operator created (server dry run)" in out.stdout
+    # The RBAC the chart installs is the file these tests run the operator with.
+    rbac = (CHART / "templates" / "rbac-operator.yaml").read_text().replace("{{ .Release.Namespace }}", SYSTEM_NS)
+    assert [d for d in docs if d["kind"].startswith("Cluster") and d["kind"] != "ClusterKopfPeering"] == [
+        d for d in yaml.safe_load_all(rbac) if d and d["kind"].startswith("Cluster")
+    ]

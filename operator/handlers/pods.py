@@ -30,12 +30,15 @@ def pod_event(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: 
     _route(memo["reconciler"], namespace or "", labels)
 
 
-@kopf.on.event("v1", "nodes")
+def _deleted(type: str, **_: Any) -> bool:
+    return type == "DELETED"
+
+
+# Only a vanished node matters here: pods on live nodes report their own changes. (A cordoned node
+# is drained by migration, which is not this handler's job.) The filter keeps the frequent node
+# heartbeats from invoking the handler at all.
+@kopf.on.event("v1", "nodes", when=_deleted)
 def node_event(type: str, name: str, memo: Any, **_: Any) -> None:
-    # Only a vanished node matters here: pods on live nodes report their own changes. (A cordoned
-    # node is drained by migration, which is not this handler's job.)
-    if type != "DELETED":
-        return
     reconciler: Reconciler = memo["reconciler"]
     selector = naming.label_selector({"app.kubernetes.io/managed-by": names.MANAGED_BY})
     for pod in reconciler.kube.list_pods_on_node(name, selector):
