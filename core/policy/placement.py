@@ -146,12 +146,13 @@ def rank_scores(nodes: Sequence[NodeView], replicas: int = DEFAULT_REPLICAS) -> 
     def level(n: NodeView) -> tuple[int, float]:
         return (-n.idle, round(subscription(n, replicas), 9))
 
-    levels = sorted({level(n) for n in nodes})
+    keys = [level(n) for n in nodes]
+    levels = sorted(set(keys))
     if len(levels) == 1:
         return dict.fromkeys((n.name for n in nodes), MAX_EXTENDER_PRIORITY)
-    index = {lv: i for i, lv in enumerate(levels)}
     span = len(levels) - 1
-    return {n.name: round(MAX_EXTENDER_PRIORITY * (1 - index[level(n)] / span)) for n in nodes}
+    score = {lv: round(MAX_EXTENDER_PRIORITY * (1 - i / span)) for i, lv in enumerate(levels)}
+    return {n.name: score[k] for n, k in zip(nodes, keys, strict=True)}
 
 
 def best_node(nodes: Iterable[NodeView], request: ReplicaRequest, ratio: float) -> NodeView | None:
