@@ -70,7 +70,13 @@ def inventory_of(node: dict[str, Any]) -> tuple[list[str], list[str]] | None:
     return devices, [d["uuid"] for d in inv if d.get("healthy", True)]
 
 
-def watch_inventory(api: client.ApiClient, broker: Broker, loop: asyncio.AbstractEventLoop) -> Informer:
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Any) -> None:
+    loop.call_soon_threadsafe(fn)
+
+
+def watch_inventory(
+    api: client.ApiClient, broker: Broker, loop: asyncio.AbstractEventLoop, synced: asyncio.Event
+) -> Informer:
     """Node inventory into the ledger; ledger calls are made on the event loop's thread."""
 
     def apply(node: dict[str, Any], deleted: bool = False) -> None:
@@ -90,6 +96,7 @@ def watch_inventory(api: client.ApiClient, broker: Broker, loop: asyncio.Abstrac
         client.CoreV1Api(api).list_node,
         replace,
         lambda kind, o: apply(o, kind == "DELETED"),
+        on_synced=lambda: _call_soon(loop, synced.set),
         label_selector=f"{GPU_POOL_LABEL}={GPU_POOL_VALUE}",
     )
     return informer.start()
@@ -124,11 +131,13 @@ async def serve(args: argparse.Namespace) -> None:
     api = api_client(args.kubeconfig)
     broker = Broker(KubeBindingStore(api))
     loop = asyncio.get_running_loop()
-    informers = [watch_inventory(api, broker, loop), watch_replica_deletions(api, broker, loop)]
+    inventory_synced = asyncio.Event()
+    informers = [watch_inventory(api, broker, loop, inventory_synced), watch_replica_deletions(api, broker, loop)]
     auth = TokenReviewAuthenticator(api, admins=frozenset(args.admin), audiences=args.audience or None)
     runner = web.AppRunner(make_broker_app(broker, auth), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port).start()
+    await inventory_synced.wait()  # ready only once the nodes' inventory is known
     while True:  # the CRD may not be installed yet: keep trying, stay not-ready meanwhile
         try:
             dropped = await broker.start()
