@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("notebookos.sim.cli", "replay notebook GPU traces under each policy and compare GPU-hours and delays"),
     "kernelspec": ("notebookos.cmd_kernelspec", "install Jupyter kernelspecs whose kernels run on NotebookOS"),
     "connect": ("notebookos.cmd_connect", "write a connection file for a NotebookKernel applied with kubectl"),
+    "operator": ("notebookos.operator.__main__", "run the kopf operator against the current kubeconfig"),
 }
 
 

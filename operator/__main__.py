@@ -34,6 +34,12 @@ _ENV_FLAGS = {
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m notebookos.operator", description=__doc__)
+    add_arguments(p)
+    return p.parse_args(argv)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The operator's flags (also `notebookos operator`)."""
     p.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' for none)")
     p.add_argument("--peering", default="notebookos", help="ClusterKopfPeering (or KopfPeering) object name")
@@ -46,7 +52,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runner", help="notebookos.io/runner label of kernel pods, '' for none [NOTEBOOKOS_RUNNER]")
     p.add_argument("--kernel-service-account", help="service account of kernel pods")
     p.add_argument("-v", "--verbose", action="store_true")
-    return p.parse_args(argv)
 
 
 def config_from(args: argparse.Namespace) -> OperatorConfig:
@@ -66,7 +71,11 @@ def post_event(obj: Obj, event: Event) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the operator until it is stopped (SIGTERM, SIGINT)."""
     try:
         cfg = config_from(args)
     except ConfigError as exc:

@@ -75,13 +75,16 @@ def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert args.namespace == ["a", "b"] and args.peering == "notebookos" and not args.standalone
 
 
-def test_bad_flag_value_exits_2_with_the_reason() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "notebookos.operator", "--node-selector", "oops"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [sys.executable, "-m", "notebookos.operator"],
+        [sys.executable, "-m", "notebookos.cli", "operator"],
+    ],
+    ids=["python -m", "notebookos operator"],
+)
+def test_bad_flag_value_exits_2_with_the_reason(argv: list[str]) -> None:
+    proc = subprocess.run([*argv, "--node-selector", "oops"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "NOTEBOOKOS_NODE_SELECTOR: 'oops' is not key=value" in proc.stderr
 
