@@ -58,7 +58,7 @@ def expose(ns: MutableMapping[str, Any], uuids: tuple[str, ...]) -> list[str]:
 
 
 def _to_host(value: Any, torch: Any, seen: set[int], depth: int = 0) -> Any:
-    if id(value) in seen or depth > 4:
+    if id(value) in seen or depth > 4 or type(value).__name__ == "Unreplicated":
         return value
     seen.add(id(value))
     if isinstance(value, torch.Tensor):

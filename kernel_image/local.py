@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -22,13 +23,11 @@ from notebookos.kernel.config import CHANNELS
 
 
 def free_port_block(n: int = 5, host: str = "127.0.0.1") -> int:
-    """A base port with n consecutive free ports after it."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind((host, 0))
-            base = s.getsockname()[1]
-        if base + n >= 65535:
-            continue
+    """A base port with n consecutive free ports after it, below Linux's ephemeral range (32768+),
+    so outgoing connections cannot take a port between choosing it and a process binding it."""
+    rng = random.SystemRandom()
+    for _ in range(500):
+        base = rng.randrange(20000, 32000 - n)
         socks = []
         try:
             for i in range(n):
@@ -172,27 +171,57 @@ class LocalKernel:
     def client(self, timeout: float = 60.0) -> Any:
         from jupyter_client import BlockingKernelClient
 
+        wait_for(self._router_listening, timeout, "the router to listen")
         kc = BlockingKernelClient()
         kc.load_connection_file(str(self.write_connection_file()))
         kc.start_channels()
         kc.wait_for_ready(timeout=timeout)
         return kc
 
+    def _router_listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.router_port + CHANNELS.index("hb")), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
     def log(self, name: str) -> str:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def run(kc: Any, code: str, timeout: float = 60, **kwargs: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Execute code; return the reply and the IOPub messages other than status and execute_input."""
+def run(
+    kc: Any, code: str, timeout: float = 60, metadata: dict[str, Any] | None = None, **kwargs: Any
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Execute code; return the reply and the IOPub messages other than status and execute_input.
+    ``metadata`` goes into the request (e.g. ``{"notebookos_target": 2}`` to pick the executor)."""
     out: list[dict[str, Any]] = []
 
     def hook(m: dict[str, Any]) -> None:
         if m["header"]["msg_type"] not in ("status", "execute_input"):
             out.append(m)
 
-    reply = kc.execute_interactive(code, timeout=timeout, output_hook=hook, **kwargs)
-    return reply, out
+    if metadata is None:
+        reply = kc.execute_interactive(code, timeout=timeout, output_hook=hook, **kwargs)
+        return reply, out
+    content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False}
+    msg = kc.session.msg("execute_request", content, metadata=metadata)
+    kc.shell_channel.send(msg)
+    msg_id = msg["header"]["msg_id"]
+    end = time.monotonic() + timeout
+    idle = False
+    while not idle:
+        m = kc.get_iopub_msg(timeout=max(0.1, end - time.monotonic()))
+        if m["parent_header"].get("msg_id") != msg_id:
+            continue
+        if m["header"]["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+            idle = True
+        else:
+            hook(m)
+    while True:
+        reply = kc.get_shell_msg(timeout=max(0.1, end - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply, out
 
 
 def text_of(out: list[dict[str, Any]]) -> str:

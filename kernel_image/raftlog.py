@@ -284,9 +284,16 @@ class KernelRaft:
             logCompactionMinTime=30,
             useFork=False,  # never fork a process that holds ZMQ sockets and threads
             dynamicMembershipChange=False,
+            bindRetryTime=0.5,
+            maxBindRetries=20,
         )
         others = [n for rid, n in self.nodes.items() if rid != replica_id]
         self.obj = SyncObj(self.nodes[replica_id], others, conf=conf, consumers=[self.state])
+        try:
+            self.obj.waitBinded()
+        except Exception as e:
+            self.obj.destroy()
+            raise RaftError(f"cannot listen for Raft peers on {bind}: {e or 'address in use?'}") from e
 
     def call(self, method: str, *args: Any, timeout: float = 10.0) -> asyncio.Future[Any]:
         """Propose a replicated call; the future resolves with its result once committed."""

@@ -15,9 +15,12 @@ Run as ``python -m notebookos.kernel.replica``; configured from the environment 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import inspect
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -115,7 +118,10 @@ class ReplicaKernel(IPythonKernel):
             self.nb.raft.destroy()
         except Exception:
             log.exception("destroying Raft")
-        return await super().do_shutdown(restart)
+        result = super().do_shutdown(restart)
+        if inspect.isawaitable(result):
+            result = await result
+        return dict(result)
 
     # --- state -------------------------------------------------------------------------------------
 
@@ -470,13 +476,18 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(message)s",
         stream=logstream,
     )
+    faulthandler.register(signal.SIGUSR1, file=logstream, all_threads=True)  # stack dumps on demand
     try:
         cfg = ReplicaConfig.from_env()
     except ConfigError as e:
         print(f"notebookos replica: {e}", file=sys.stderr)
         return 2
     global RUNTIME
-    RUNTIME = Runtime(cfg)
+    try:
+        RUNTIME = Runtime(cfg)
+    except RaftError as e:
+        print(f"notebookos replica: {e}", file=sys.stderr)
+        return 1
     cf = write_connection_file(cfg)
     app = IPKernelApp.instance(kernel_class=ReplicaKernel, connection_file=cf, parent_handle=0)
     try:

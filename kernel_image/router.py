@@ -13,6 +13,7 @@ Run as ``python -m notebookos.kernel.router``; configured from the environment (
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 import zmq
@@ -80,7 +82,10 @@ class Router:
         self.queue: deque[tuple[list[bytes], dict[str, Any]]] = deque()
         self.queue_event = asyncio.Event()
         self.current: Execution | None = None
-        self.requests: dict[str, tuple[str, list[bytes], int]] = {}  # msg_id -> (channel, idents, replica)
+        # msg_id -> (channel, idents, replica) of requests sent to one replica; dropped once both the
+        # reply and the idle status came back (they travel on different sockets, in either order).
+        self.requests: dict[str, tuple[str, list[bytes], int]] = {}
+        self.half_done: set[str] = set()
         self.last_executor: int | None = None
         self.stopping = asyncio.Event()
         self.dropped = 0
@@ -159,12 +164,11 @@ class Router:
 
     @staticmethod
     def _send_raw(sock: zmq.asyncio.Socket, idents: list[bytes], rest: list[bytes]) -> bool:
-        """Send now or report failure (a DEALER with IMMEDIATE refuses when its peer is down)."""
-        try:
-            zmq.Socket.shadow(sock.underlying).send_multipart([*idents, DELIM, *rest], flags=zmq.NOBLOCK)
-            return True
-        except zmq.ZMQError:
-            return False
+        """Send now or report failure (a DEALER with IMMEDIATE refuses when its peer is down).
+        Through the asyncio socket itself: a second (shadow) handle on it would swallow the
+        edge-triggered wake-ups its receiving task relies on."""
+        fut = cast(asyncio.Future[Any], sock.send_multipart([*idents, DELIM, *rest], flags=zmq.NOBLOCK))
+        return not (fut.done() and fut.exception() is not None)
 
     def _alive(self) -> list[Replica]:
         return [r for r in self.replicas.values() if r.alive]
@@ -218,11 +222,21 @@ class Router:
             self._reply_error(channel, idents, msg, EXECUTOR_LOST, "no replica of this kernel is reachable right now")
             return
         self.requests[msg_id] = (channel, idents, r.rid)
+        log.debug("forwarded %s %s to replica %d", channel, msg["header"]["msg_type"], r.rid)
         self._trim_requests()
 
     def _trim_requests(self) -> None:
         while len(self.requests) > 2048:
-            self.requests.pop(next(iter(self.requests)))
+            oldest = next(iter(self.requests))
+            self.requests.pop(oldest)
+            self.half_done.discard(oldest)
+
+    def _request_part_done(self, msg_id: str) -> None:
+        if msg_id in self.half_done:
+            self.half_done.discard(msg_id)
+            self.requests.pop(msg_id, None)
+        else:
+            self.half_done.add(msg_id)
 
     def _reply_error(self, channel: str, idents: list[bytes], msg: dict[str, Any], ename: str, evalue: str) -> None:
         mtype = msg["header"]["msg_type"].replace("_request", "_reply")
@@ -336,6 +350,7 @@ class Router:
         for r in self._alive():
             if self._send_raw(r.sockets["shell"], [], frames[1:]):
                 ex.sent_to.add(r.rid)
+        log.debug("execute %s: target %s, sent to %s", exec_id, target, sorted(ex.sent_to))
         t0 = time.monotonic()
         reply: tuple[dict[str, Any], list[bytes]] | None = None
         while reply is None:
@@ -349,6 +364,7 @@ class Router:
                 await asyncio.wait_for(ex.changed.wait(), 0.2)
             except TimeoutError:
                 pass
+        log.debug("execute %s: settled with %s", exec_id, reply and reply[0]["metadata"].get("notebookos"))
         if reply is None:
             content = {
                 "status": "error",
@@ -360,6 +376,10 @@ class Router:
         else:
             rmsg, rest = reply
             self._send_raw(self.front["shell"], idents, rest)
+            # Like ipykernel: an error aborts the requests already queued, not later ones.
+            stop = (msg.get("content") or {}).get("stop_on_error", True)
+            if rmsg["content"].get("status") == "error" and stop:
+                self._abort_queued()
             nb = (rmsg.get("metadata") or {}).get("notebookos") or {}
             if nb.get("role") == "executor":
                 self.last_executor = nb.get("replica")
@@ -379,9 +399,6 @@ class Router:
                         }
                     )
                 )
-            stop = (msg.get("content") or {}).get("stop_on_error", True)
-            if rmsg["content"].get("status") == "error" and stop:
-                self._abort_queued()
         if self.cfg.gpus and self.broker is not None:
             try:
                 await asyncio.to_thread(self.broker.release, exec_id)  # idempotent safety net
@@ -389,6 +406,7 @@ class Router:
                 log.warning("GPU broker release: %s", e)
         self.current = None
         self.publish_status("idle", header)
+        log.debug("execute %s: idle", exec_id)
 
     def _settled(self, ex: Execution) -> tuple[dict[str, Any], list[bytes]] | None:
         roles = {
@@ -441,9 +459,10 @@ class Router:
                     self._send_raw(self.front["stdin"], cur.idents, rest)
                 continue
             req = self.requests.get(parent_id or "")
+            log.debug("replica %d %s: %s for %s (%s)", r.rid, channel, msg["header"]["msg_type"], parent_id, req)
             if req is not None and req[2] == r.rid:
-                self.requests.pop(parent_id or "", None)
                 self._send_raw(self.front[req[0]], req[1], rest)
+                self._request_part_done(parent_id or "")
 
     async def replica_iopub(self, r: Replica) -> None:
         while True:
@@ -474,15 +493,16 @@ class Router:
             req = self.requests.get(parent_id or "")
             if req is not None and req[2] == r.rid:
                 self.front["iopub"].send_multipart([*idents, DELIM, *rest])
+                if mtype == "status" and msg["content"].get("execution_state") == "idle":
+                    self._request_part_done(parent_id or "")
 
     async def heartbeats(self, r: Replica) -> None:
         n = 0
         while True:
             n += 1
-            try:
-                zmq.Socket.shadow(r.sockets["hb"].underlying).send(str(n).encode(), flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+            fut = cast(asyncio.Future[Any], r.sockets["hb"].send(str(n).encode(), flags=zmq.NOBLOCK))
+            if fut.done():
+                fut.exception()  # a replica that is down refuses the ping: retrieve, ignore
             deadline = time.monotonic() + HB_PERIOD
             while (left := deadline - time.monotonic()) > 0:
                 try:
@@ -565,6 +585,7 @@ class Router:
         )
 
     async def _shutdown(self, idents: list[bytes], msg: dict[str, Any], rest: list[bytes]) -> None:
+        log.info("shutdown requested: stopping the replicas and the router")
         frames = self.session.serialize(msg)
         for r in self._alive():
             self._send_raw(r.sockets["control"], [], frames[1:])
@@ -572,6 +593,7 @@ class Router:
         content = {"status": "ok", "restart": bool((msg.get("content") or {}).get("restart"))}
         self.session.send(self.front["control"], "shutdown_reply", content, parent=msg["header"], ident=idents)
         self.session.send(self.front["iopub"], "shutdown_reply", content, parent=msg["header"])
+        log.info("shutdown replied to %s", idents)
         await asyncio.sleep(0.2)
         self.stopping.set()
 
@@ -589,37 +611,49 @@ class Router:
         finally:
             sock.close(linger=0)
 
+    async def _supervise(self, name: str, factory: Any) -> None:
+        """Run a channel loop; log and restart it if it fails, so one bad message cannot silence
+        a channel."""
+        while not self.stopping.is_set():
+            try:
+                await factory()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed; restarting it", name)
+                await asyncio.sleep(0.1)
+
     async def run(self) -> None:
         ports = self.bind()
         log.info("router of kernel %s on %s ports %s", self.cfg.kernel, self.cfg.ip, ports)
-        tasks = [
-            asyncio.ensure_future(c)
-            for c in (
-                self.client_shell(),
-                self.client_control(),
-                self.client_stdin(),
-                self.client_hb(),
-                self.executions(),
-                self.probes(),
-            )
+        loops: list[tuple[str, Any]] = [
+            ("client shell", self.client_shell),
+            ("client control", self.client_control),
+            ("client stdin", self.client_stdin),
+            ("client heartbeat", self.client_hb),
+            ("executions", self.executions),
+            ("probes", self.probes),
         ]
         for r in self.replicas.values():
-            tasks += [
-                asyncio.ensure_future(self.replica_channel(r, "shell")),
-                asyncio.ensure_future(self.replica_channel(r, "control")),
-                asyncio.ensure_future(self.replica_channel(r, "stdin")),
-                asyncio.ensure_future(self.replica_iopub(r)),
-                asyncio.ensure_future(self.heartbeats(r)),
+            loops += [
+                (f"replica {r.rid} shell", partial(self.replica_channel, r, "shell")),
+                (f"replica {r.rid} control", partial(self.replica_channel, r, "control")),
+                (f"replica {r.rid} stdin", partial(self.replica_channel, r, "stdin")),
+                (f"replica {r.rid} iopub", partial(self.replica_iopub, r)),
+                (f"replica {r.rid} heartbeat", partial(self.heartbeats, r)),
             ]
+        tasks = [asyncio.ensure_future(self._supervise(name, f)) for name, f in loops]
         await self.stopping.wait()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.ctx.destroy(linger=0)
+        self.ctx.destroy(linger=1000)  # flush the last replies (shutdown_reply) to clients
 
 
 def main() -> int:
     logging.basicConfig(level=os.environ.get("NOTEBOOKOS_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # stack dumps on demand
     try:
         cfg = RouterConfig.from_env()
     except ConfigError as e:

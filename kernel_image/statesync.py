@@ -19,7 +19,7 @@ import pickle
 import re
 import types
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
@@ -31,6 +31,7 @@ from notebookos.kernel.store import ObjectStore
 _IPYTHON_NAMES = re.compile(
     r"^(_|__|___|_i|_ii|_iii|_i\d+|_\d+|_oh|_ih|_dh|In|Out|exit|quit|get_ipython|__\w+__|NOTEBOOKOS_\w+)$"
 )
+_MACHINERY = ("get_ipython", "exit", "quit", "In", "Out", "_oh", "_ih", "_dh")
 _PRIMITIVES = (int, float, complex, str, bytes, bool, type(None), types.ModuleType)
 
 
@@ -125,6 +126,8 @@ def referenced_names(code: str, ns: Mapping[str, Any], depth: int = 3) -> set[st
 
 def _fingerprint(value: Any) -> bytes | None:
     """Cheap change detection for big flat values; None means "assume changed"."""
+    if type(value) is Unreplicated:
+        return None
     try:
         if isinstance(value, bytes | bytearray):
             return hashlib.blake2b(value, digest_size=16).digest()
@@ -141,6 +144,8 @@ def _fingerprint(value: Any) -> bytes | None:
 
 def _size_of(obj: Any) -> int:
     """Size of the values worth storing on their own; 0 for everything else."""
+    if type(obj) is Unreplicated:
+        return 0
     if isinstance(obj, bytes | bytearray):
         return len(obj)
     mod = type(obj).__module__.split(".")[0]
@@ -157,15 +162,36 @@ def _size_of(obj: Any) -> int:
     return 0
 
 
+# Stands for the user namespace as the globals of functions defined in cells: on load they get the
+# replica's live namespace, so they see later changes of the globals they read (cloudpickle would
+# otherwise give each a private copy).
+_NS_MARKER: dict[str, Any] = {}
+
+
+def _is_flat(value: Any) -> bool:
+    """Values that cannot hold references to other Python objects."""
+    if type(value) is Unreplicated or isinstance(value, (*_PRIMITIVES, bytearray)):
+        return True
+    dtype = getattr(value, "dtype", None)
+    return type(value).__module__ == "numpy" and getattr(dtype, "hasobject", True) is False
+
+
 class _Pickler(cloudpickle.Pickler):
     def __init__(self, file: io.BytesIO, capture: Capture) -> None:
         super().__init__(file, protocol=5)
         self._cap = capture
+        if capture.ns is not None:
+            self.globals_ref[id(capture.ns)] = _NS_MARKER
 
     def persistent_id(self, obj: Any) -> Any:
+        if obj is _NS_MARKER:
+            return ("ns",)
         if isinstance(obj, _PRIMITIVES):
             return None
         oid = id(obj)
+        hidden = self._cap.hidden.get(oid)
+        if hidden is not None:
+            return ("hidden", hidden)
         ref = self._cap.refs.get(oid)
         if ref is not None:
             self._cap.deps.add(ref[0])
@@ -192,6 +218,8 @@ class Capture:
     deps: set[int]
     stored: dict[int, str]
     keep: list[Any]
+    ns: Mapping[str, Any] | None = None
+    hidden: dict[int, str] = field(default_factory=dict)
     stored_bytes: int = 0
 
     def dumps(self, values: Mapping[str, Any]) -> bytes:
@@ -222,6 +250,7 @@ class StateTracker:
         self.assigned: dict[str, int] = {}
         self.fingerprints: dict[str, tuple[int, bytes]] = {}
         self.applied_version = -1
+        self._deps: dict[int, tuple[int, ...]] = {}  # blob seq -> blobs it references
 
     # --- executor side ------------------------------------------------------------------------------
 
@@ -252,13 +281,16 @@ class StateTracker:
                 if fp is not None and old is not None and old == (id(after[name]), fp):
                     continue  # a big value the cell only read
             changed.append(name)
+        changed = self._close_over_sharing(changed, after)
         unchanged = set(after) - set(changed)
         refs = {
             id(after[n]): (self.assigned[n], n)
             for n in unchanged
             if n in self.assigned and not isinstance(after[n], _PRIMITIVES)
         }
-        cap = Capture(self.store, self.threshold, f"{self.kernel}/{exec_id}", refs, set(), {}, [])
+        # IPython's machinery (not its output history, which holds user values) by reference.
+        hidden_refs = {id(ns[k]): k for k in _MACHINERY if k in ns and hidden.get(k) is ns[k]}
+        cap = Capture(self.store, self.threshold, f"{self.kernel}/{exec_id}", refs, set(), {}, [], ns, hidden_refs)
         values = {n: after[n] for n in changed}
         bad: dict[str, str] = {}
         try:
@@ -283,6 +315,7 @@ class StateTracker:
                 blob = BlobRef(seq, exec_id, cell, replica, data, None, deps, tuple(changed))
             # The executor's own objects are the blob's objects: nothing to load later.
             self.loaded[seq] = dict(values)
+            self._deps[seq] = deps
             for name in changed:
                 self.assigned[name] = seq
                 fp = _fingerprint(values[name])
@@ -295,6 +328,31 @@ class StateTracker:
             self.fingerprints.pop(name, None)
         return CellState(blob, changed, deleted, sorted(bad), cap.stored_bytes, len(data) if blob and blob.data else 0)
 
+    def _close_over_sharing(self, changed: list[str], after: Mapping[str, Any]) -> list[str]:
+        """An unchanged global may hold the changed objects: the same object under another name,
+        or a value pickled with (or referencing) the blob a changed value came from. Re-send those
+        too, so that standbys keep them shared with the new values."""
+        out = set(changed)
+        while True:
+            ids = {id(after[n]) for n in out}
+            blobs = {self.assigned[n] for n in out if n in self.assigned}
+            extra = set()
+            for name, value in after.items():
+                if name in out or isinstance(value, _PRIMITIVES):
+                    continue
+                if id(value) in ids:
+                    extra.add(name)
+                    continue
+                if _is_flat(value):
+                    continue
+                seq = self.assigned.get(name)
+                deps = set(self._deps.get(seq, ())) if seq is not None else set()
+                if seq is not None and (seq in blobs or deps & blobs):
+                    extra.add(name)
+            if not extra:
+                return sorted(out)
+            out |= extra
+
     # --- standby side ---------------------------------------------------------------------------------
 
     def apply(self, snap: Snapshot, ns: dict[str, Any]) -> list[str]:
@@ -302,10 +360,11 @@ class StateTracker:
         if snap.version == self.applied_version:
             return []
         setnames: list[str] = []
+        builtins_ = ns.get("__builtins__")
         for name, seq in sorted(snap.vars.items(), key=lambda kv: kv[1]):
             if self.assigned.get(name) == seq:
                 continue
-            objs = self._load(seq, snap.blobs, set())
+            objs = self._load(seq, snap.blobs, set(), ns)
             ns[name] = objs[name]
             self.assigned[name] = seq
             fp = _fingerprint(ns[name])
@@ -315,12 +374,21 @@ class StateTracker:
         for name in [n for n in self.assigned if n not in snap.vars]:
             del self.assigned[name]
             ns.pop(name, None)
+        # Loading a function updates the namespace with the globals it read when it was pickled,
+        # which may be older than the current values: put every current value back.
+        for name, seq in snap.vars.items():
+            cached = self.loaded.get(seq)
+            if cached is not None and name in cached and ns.get(name) is not cached[name]:
+                ns[name] = cached[name]
+        if builtins_ is not None:
+            ns["__builtins__"] = builtins_
         for seq in [s for s in self.loaded if s not in snap.blobs]:
             del self.loaded[seq]
+        self._deps = {s: b.deps for s, b in snap.blobs.items()}
         self.applied_version = snap.version
         return setnames
 
-    def _load(self, seq: int, blobs: Mapping[int, BlobRef], loading: set[int]) -> dict[str, Any]:
+    def _load(self, seq: int, blobs: Mapping[int, BlobRef], loading: set[int], ns: dict[str, Any]) -> dict[str, Any]:
         if seq in self.loaded:
             return self.loaded[seq]
         if seq in loading or seq not in blobs:
@@ -335,7 +403,11 @@ class StateTracker:
             def persistent_load(self, pid: Any) -> Any:
                 kind = pid[0]
                 if kind == "var":
-                    return tracker._load(pid[1], blobs, loading)[pid[2]]
+                    return tracker._load(pid[1], blobs, loading, ns)[pid[2]]
+                if kind == "ns":
+                    return ns
+                if kind == "hidden":
+                    return ns.get(pid[1])
                 if kind == "store":
                     if pid[1] not in memo:
                         memo[pid[1]] = ObjectStore.get(pid[1])

@@ -44,10 +44,17 @@ def test_error_reply_and_traceback(kc: Any) -> None:
     assert len(errors) == 1, "only the executor's error output reaches the client"
 
 
+def reply_to(get: Any, msg_id: str, timeout: float = 30) -> dict[str, Any]:
+    """The reply to msg_id (wait_for_ready leaves replies to its extra kernel_info requests queued)."""
+    end = time.monotonic() + timeout
+    while True:
+        reply: dict[str, Any] = get(timeout=max(0.1, end - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply
+
+
 def test_kernel_info(kc: Any) -> None:
-    msg_id = kc.kernel_info()
-    reply = kc.get_shell_msg(timeout=30)
-    assert reply["parent_header"]["msg_id"] == msg_id
+    reply = reply_to(kc.get_shell_msg, kc.kernel_info())
     c = reply["content"]
     assert c["status"] == "ok" and c["language_info"]["name"] == "python"
     assert c["implementation"] == "notebookos"
@@ -56,8 +63,7 @@ def test_kernel_info(kc: Any) -> None:
 
 def test_completion(kc: Any) -> None:
     run(kc, "import os\nsome_long_variable_name = 1")
-    kc.complete("some_long_var")
-    reply = kc.get_shell_msg(timeout=30)
+    reply = reply_to(kc.get_shell_msg, kc.complete("some_long_var"))
     assert reply["content"]["status"] == "ok"
     assert "some_long_variable_name" in reply["content"]["matches"]
 
@@ -98,10 +104,7 @@ def test_interrupt(kc: Any) -> None:
     time.sleep(1.5)
     _send_interrupt(kc)
     t0 = time.monotonic()
-    while True:
-        reply = kc.get_shell_msg(timeout=30)
-        if reply["parent_header"].get("msg_id") == msg_id:
-            break
+    reply = reply_to(kc.get_shell_msg, msg_id)
     assert reply["content"]["status"] == "error"
     assert reply["content"]["ename"] == "KeyboardInterrupt"
     assert time.monotonic() - t0 < 20
@@ -112,7 +115,7 @@ def test_interrupt(kc: Any) -> None:
 def _send_interrupt(kc: Any) -> None:
     msg = kc.session.msg("interrupt_request", {})
     kc.control_channel.send(msg)
-    reply = kc.get_control_msg(timeout=30)
+    reply = reply_to(kc.get_control_msg, msg["header"]["msg_id"])
     assert reply["header"]["msg_type"] == "interrupt_reply"
     assert reply["content"]["status"] == "ok"
 
@@ -122,8 +125,7 @@ def test_shutdown_last(tmp_path: Path) -> None:
     try:
         c = k.client()
         run(c, "a = 1")
-        c.shutdown()
-        reply = c.get_control_msg(timeout=30)
+        reply = reply_to(c.get_control_msg, c.shutdown())
         assert reply["header"]["msg_type"] == "shutdown_reply"
         assert reply["content"]["status"] == "ok"
         c.stop_channels()
