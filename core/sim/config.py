@@ -92,7 +92,7 @@ class Policy:
     rebalance: bool = False
     """ours: on each interval, move a replica of every idle kernel none of whose replicas' hosts
     could run its next cell right now to a host that could, so the migration is off the cell's path."""
-    active_window_s: float = 600.0
+    active_window_s: float = 300.0
     """ours: a kernel whose last cell ended within this window is "active": it is rebalanced, and
     scale-in keeps a host that is its only room. Older kernels lose both (notebook gaps: median 15 min)."""
 
