@@ -13,6 +13,7 @@ import base64
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from kubernetes import client
 from e2e.testbed.cluster import Cluster, free_port
 from e2e.testbed.wait import until
 from notebookos import labels
+from notebookos.extender.scheduler_config import extender_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "notebookos"
@@ -44,7 +46,9 @@ class Bed:
 
     # ------------------------------------------------------------------ the operator process
 
-    def start_operator(self, name: str = "operator", priority: int | None = None) -> None:
+    def start_operator(
+        self, name: str = "operator", priority: int | None = None, scheduler_name: str = "default-scheduler"
+    ) -> None:
         self.starts += 1
         port = free_port()
         self.cluster.spawn(
@@ -61,7 +65,7 @@ class Bed:
                 "--priority",
                 str(priority if priority is not None else 100 + self.starts),
                 "--scheduler-name",
-                "default-scheduler",
+                scheduler_name,
                 "--node-selector",
                 f"{POOL_LABEL}={self.pool_value}",
                 "--verbose",
@@ -530,3 +534,39 @@ def test_the_chart_renders_and_the_api_server_accepts_it(bed: Bed) -> None:
     assert [d for d in docs if d["kind"].startswith("Cluster") and d["kind"] != "ClusterKopfPeering"] == [
         d for d in yaml.safe_load_all(rbac) if d and d["kind"].startswith("Cluster")
     ]
+
+
+def test_replicas_placed_by_the_notebookos_scheduler_and_extender(bed: Bed, namespace: str) -> None:
+    tag = uuid.uuid4().hex[:6]
+    port = free_port()
+    extender, scheduler = f"extender-op-{tag}", f"{labels.SCHEDULER_NAME}-op{tag}"
+    bed.cluster.spawn(
+        extender,
+        [sys.executable, "-m", "notebookos.extender.extender_main", f"--port={port}", "--ratio-interval=1"],
+        ready_url=f"http://127.0.0.1:{port}/readyz",
+    )
+    bed.cluster.start_scheduler(scheduler, [extender_entry(f"http://127.0.0.1:{port}/")], proc_name=f"sched-op-{tag}")
+    # One operator at a time: this one gives replica pods the extender's scheduler.
+    bed.stop_operator()
+    bed.start_operator("operator-extender", scheduler_name=scheduler)
+    try:
+        bed.resize_pool(3)
+        bed.apply_minimal(namespace, "placed")
+        bed.wait_phase(namespace, "placed", "Ready", timeout=90)
+        pods = _live(bed.replica_pods(namespace, "placed"))
+        assert {p.spec.scheduler_name for p in pods} == {scheduler}
+        assert len({p.spec.node_name for p in pods}) == 3 and {p.spec.node_name for p in pods} <= set(bed.pool)
+        # The extender (used by nothing else) was asked to filter each of the three pods.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+        filters = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("notebookos_extender_requests_total{") and 'verb="filter"' in line
+        )
+        assert filters >= 3, metrics
+    finally:
+        bed.cluster.stop("operator-extender")
+        bed.cluster.stop(f"sched-op-{tag}")
+        bed.cluster.stop(extender)
+        bed.start_operator()
