@@ -284,6 +284,11 @@ def test_too_few_gpu_nodes_keeps_kernel_pending_and_says_why(bed: Bed, namespace
     event = until(warned, 30, "a Warning event saying why the kernel is not scheduled")[0]
     assert "anti-affinity" in event.message
 
+    # The membership is incomplete, so replica containers may not start yet; nor is there a router.
+    data = bed.core.read_namespaced_config_map("short-peers", namespace).data
+    assert "peers" not in data and len(data["known"].split(",")) == 2, data
+    assert not bed.core.list_namespaced_pod(namespace, label_selector=f"{labels.COMPONENT_LABEL}=router").items
+
     # Stays pending (no retry storm of new pods) ...
     time.sleep(3)
     assert bed.kernel(namespace, "short")["status"]["phase"] == "Pending"

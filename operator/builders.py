@@ -150,17 +150,26 @@ def peer_addresses(replicas: Iterable[KernelReplica]) -> dict[int, str]:
     return {r.spec.replica_id: r.status.pod_ip for r in replicas if r.status.pod_ip}
 
 
-def peers_configmap(kernel: NotebookKernel, owner: Manifest, peers: str, cfg: OperatorConfig) -> Manifest:
-    """The kernel's current Raft membership, rewritten when a replica's pod moves."""
+def peers_configmap(
+    kernel: NotebookKernel, owner: Manifest, addresses: Mapping[int, str], cfg: OperatorConfig
+) -> Manifest:
+    """The kernel's Raft membership, rewritten when a replica's pod moves.
+
+    `peers` is there only while every replica's current pod has an address: a replica container
+    refers to it without `optional`, so the kubelet starts the container only once the membership
+    is complete (and, after a replacement, once the new pod's address is in it). `known` always
+    lists the addresses known so far.
+    """
+    known = format_peers(addresses, cfg.raft_port)
+    complete = set(addresses) >= set(range(1, kernel.spec.replicas + 1))
+    data = {"known": known, "replicas": str(kernel.spec.replicas), "raftPort": str(cfg.raft_port)}
+    if complete:
+        data[naming.PEERS_KEY] = known
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(naming.peers_configmap_name(_kname(kernel)), kernel, owner),
-        "data": {
-            naming.PEERS_KEY: peers,
-            "replicas": str(kernel.spec.replicas),
-            "raftPort": str(cfg.raft_port),
-        },
+        "data": data,
     }
 
 
@@ -270,9 +279,9 @@ def replica_env(kernel: NotebookKernel, replica_id: int, incarnation: int, cfg: 
     (kernel_image/config.py, ReplicaConfig).
 
     The user's variables come first, so that ours (later entries win) cannot be overridden.
-    NOTEBOOKOS_PEERS is the peers ConfigMap at the moment the container starts; the ConfigMap named
-    by NOTEBOOKOS_PEERS_CONFIGMAP stays current as replicas move, and this replica's own entry is
-    always $(POD_IP):$(NOTEBOOKOS_RAFT_PORT).
+    NOTEBOOKOS_PEERS is the complete membership when the container starts (every member's pod IP,
+    this one's included); the ConfigMap named by NOTEBOOKOS_PEERS_CONFIGMAP stays current as
+    replicas move.
     """
     kname = _kname(kernel)
     env: list[Manifest] = [_env_value(e.name, e.value) for e in kernel.spec.env]
@@ -281,15 +290,10 @@ def replica_env(kernel: NotebookKernel, replica_id: int, incarnation: int, cfg: 
         _env_value("NOTEBOOKOS_REPLICA_ID", str(replica_id)),
         _env_value("NOTEBOOKOS_INCARNATION", str(incarnation)),
         _env_value("NOTEBOOKOS_REPLICA_COUNT", str(kernel.spec.replicas)),
+        # Not optional: the container starts once the membership is complete (see peers_configmap).
         {
             "name": "NOTEBOOKOS_PEERS",
-            "valueFrom": {
-                "configMapKeyRef": {
-                    "name": naming.peers_configmap_name(kname),
-                    "key": naming.PEERS_KEY,
-                    "optional": True,
-                }
-            },
+            "valueFrom": {"configMapKeyRef": {"name": naming.peers_configmap_name(kname), "key": naming.PEERS_KEY}},
         },
         _env_value("NOTEBOOKOS_PEERS_CONFIGMAP", naming.peers_configmap_name(kname)),
         _env_value("NOTEBOOKOS_RAFT_PORT", str(cfg.raft_port)),

@@ -120,8 +120,15 @@ class Kube:
         # Secrets: read only to learn that one exists; the key itself is never looked at.
         return self.get(kind, ns, name) is not None
 
-    def patch_configmap_data(self, ns: str, name: str, data: dict[str, str]) -> None:
+    def patch_configmap_data(self, ns: str, name: str, data: dict[str, str | None]) -> None:
         self.core.patch_namespaced_config_map(name, ns, {"data": data})
+
+    def drop_configmap_key(self, ns: str, name: str, key: str) -> None:
+        try:
+            self.core.patch_namespaced_config_map(name, ns, {"data": {key: None}})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def list_pods(self, ns: str, selector: str) -> list[Obj]:
         return [self._dict(p) for p in self.core.list_namespaced_pod(ns, label_selector=selector).items]

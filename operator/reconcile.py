@@ -126,14 +126,14 @@ class Reconciler:
                     raw.append(made)
         replicas = [KernelReplica.model_validate(r) for r in raw]
 
-        peers = builders.peers_configmap(
-            kernel, owner, builders.format_peers(builders.peer_addresses(replicas), cfg.raft_port), cfg
-        )
+        peers = builders.peers_configmap(kernel, owner, builders.peer_addresses(replicas), cfg)
         current = kube.get("ConfigMap", ns, naming.peers_configmap_name(name))
         if current is None:
             kube.create(peers)
-        elif (current.get("data") or {}) != peers["data"]:
-            kube.patch_configmap_data(ns, naming.peers_configmap_name(name), peers["data"])
+        elif (have_data := current.get("data") or {}) != peers["data"]:
+            # A merge patch removes a key given as null.
+            removed: dict[str, str | None] = {k: None for k in have_data if k not in peers["data"]}
+            kube.patch_configmap_data(ns, naming.peers_configmap_name(name), {**peers["data"], **removed})
 
         addresses = builders.peer_addresses(replicas)
         complete = set(addresses) >= set(range(1, kernel.spec.replicas + 1))
@@ -198,6 +198,10 @@ class Reconciler:
         incarnation = st.pod_incarnation(current) if current is not None else replica.status.incarnation
         if plan.create_incarnation is not None:
             incarnation = plan.create_incarnation
+            if incarnation > 1:
+                # The membership is incomplete until the new pod has an address: withdraw it first,
+                # so that the new container cannot start with this replica's old address.
+                kube.drop_configmap_key(ns, naming.peers_configmap_name(replica.spec.kernel_name), naming.PEERS_KEY)
             manifest = builders.replica_pod(kernel, obj, incarnation, self.cfg)
             current = kube.create(manifest) or kube.get("Pod", ns, manifest["metadata"]["name"])
         if plan.backoff > 0 and plan.failed is not None:

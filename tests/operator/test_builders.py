@@ -99,10 +99,14 @@ def test_peer_addresses_come_from_replica_status() -> None:
     assert builders.peer_addresses(replicas) == {1: "10.0.0.1", 3: "10.0.0.3"}
 
 
-def test_peers_configmap(kernel: NotebookKernel, owner: dict, cfg: OperatorConfig) -> None:
-    cm = builders.peers_configmap(kernel, owner, "1=a:7000", cfg)
-    assert cm["metadata"]["name"] == "k-peers"
-    assert cm["data"] == {"peers": "1=a:7000", "replicas": "3", "raftPort": "7000"}
+def test_peers_configmap_lists_peers_only_when_complete(
+    kernel: NotebookKernel, owner: dict, cfg: OperatorConfig
+) -> None:
+    partial = builders.peers_configmap(kernel, owner, {1: "10.0.0.1", 3: "10.0.0.3"}, cfg)
+    assert partial["metadata"]["name"] == "k-peers"
+    assert partial["data"] == {"known": "1=10.0.0.1:7000,3=10.0.0.3:7000", "replicas": "3", "raftPort": "7000"}
+    full = builders.peers_configmap(kernel, owner, {1: "10.0.0.1", 2: "10.0.0.2", 3: "10.0.0.3"}, cfg)
+    assert full["data"]["peers"] == full["data"]["known"] == "1=10.0.0.1:7000,2=10.0.0.2:7000,3=10.0.0.3:7000"
 
 
 def test_kernel_replica_copies_resources_and_defaults_the_image(owner: dict, cfg: OperatorConfig) -> None:
@@ -143,7 +147,8 @@ def test_replica_env_contract(cfg: OperatorConfig) -> None:
     assert last["NOTEBOOKOS_NODE"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert last["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     assert last["NOTEBOOKOS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "k-key", "key": "key"}
-    assert last["NOTEBOOKOS_PEERS"]["valueFrom"]["configMapKeyRef"]["name"] == "k-peers"
+    # Not optional: the kubelet holds the container until the membership is complete.
+    assert last["NOTEBOOKOS_PEERS"]["valueFrom"]["configMapKeyRef"] == {"name": "k-peers", "key": "peers"}
     assert last["NOTEBOOKOS_PEERS_CONFIGMAP"]["value"] == "k-peers"
     # The replica binds its pod IP: $(POD_IP) is expanded by the kubelet, so POD_IP comes first.
     names = [e["name"] for e in env]
