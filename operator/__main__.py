@@ -29,6 +29,7 @@ _ENV_FLAGS = {
     "node_selector": "NOTEBOOKOS_NODE_SELECTOR",
     "runner": "NOTEBOOKOS_RUNNER",
     "kernel_service_account": "NOTEBOOKOS_KERNEL_SERVICE_ACCOUNT",
+    "runtime_class": "NOTEBOOKOS_RUNTIME_CLASS",
 }
 
 
@@ -51,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-selector", help="extra node selector k=v,... [NOTEBOOKOS_NODE_SELECTOR]")
     p.add_argument("--runner", help="notebookos.io/runner label of kernel pods, '' for none [NOTEBOOKOS_RUNNER]")
     p.add_argument("--kernel-service-account", help="service account of kernel pods")
+    p.add_argument("--runtime-class", help="RuntimeClass of replica pods, e.g. nvidia [NOTEBOOKOS_RUNTIME_CLASS]")
     p.add_argument("-v", "--verbose", action="store_true")
 
 

@@ -301,6 +301,9 @@ def replica_env(kernel: NotebookKernel, replica_id: int, incarnation: int, cfg: 
         _env_value("NOTEBOOKOS_JUPYTER_IP", "$(POD_IP)"),
         _env_value("NOTEBOOKOS_JUPYTER_PORT", str(cfg.jupyter_port)),
         _env_value("NOTEBOOKOS_DATA_DIR", f"{SCRATCH_DIR}/notebookos"),
+        # Every device of the node is visible; the broker's grant says which one a cell uses.
+        _env_value("NVIDIA_VISIBLE_DEVICES", "all"),
+        _env_value("NVIDIA_DRIVER_CAPABILITIES", "compute,utility"),
     ]
     storage = kernel.spec.storage
     if storage is not None:
@@ -396,6 +399,7 @@ def replica_pod(kernel: NotebookKernel, replica: Mapping[str, Any], incarnation:
             },
             "securityContext": _pod_security(),
             **_service_account(kernel, cfg),
+            **({"runtimeClassName": cfg.runtime_class} if cfg.runtime_class else {}),
             "containers": [container],
             "volumes": volumes,
         },

@@ -73,6 +73,10 @@ class OperatorConfig:
     # Service account for kernel pods; empty: none mounted (they need no API access by default).
     kernel_service_account: str = ""
     python: str = "python"
+    # GPU visibility without a device request (GPUs are bound per cell): the NVIDIA container
+    # runtime shows the node's devices to containers of this RuntimeClass with
+    # NVIDIA_VISIBLE_DEVICES=all, and the broker decides which one a cell may use.
+    runtime_class: str = ""
 
     @property
     def router_ports(self) -> ConnectionPorts:
@@ -105,6 +109,8 @@ class OperatorConfig:
             kw["runner"] = env["NOTEBOOKOS_RUNNER"]
         if v := env.get("NOTEBOOKOS_KERNEL_SERVICE_ACCOUNT"):
             kw["kernel_service_account"] = v
+        if v := env.get("NOTEBOOKOS_RUNTIME_CLASS"):
+            kw["runtime_class"] = v
         if v := env.get("NOTEBOOKOS_KERNEL_PYTHON"):
             kw["python"] = v
         return cls(**kw)

@@ -230,7 +230,8 @@ def test_replica_pod(cfg: OperatorConfig) -> None:
     assert c["volumeMounts"] == [{"name": "scratch", "mountPath": "/tmp"}]
     assert spec["volumes"] == [{"name": "scratch", "emptyDir": {}}]
     assert _env(c)["NOTEBOOKOS_REPLICA_ID"]["value"] == "3"
-    assert "envFrom" not in c
+    assert "envFrom" not in c and "runtimeClassName" not in spec
+    assert _env(c)["NVIDIA_VISIBLE_DEVICES"]["value"] == "all"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"raft": 7000, "shell": 9000, "iopub": 9001, "stdin": 9002, "control": 9003, "hb": 9004}
 
@@ -242,6 +243,7 @@ def test_replica_pod_settings_follow_the_config() -> None:
         kernel_service_account="kernels",
         node_selector={labels.GPU_POOL_LABEL: "true", "pool": "a"},
         extra_tolerations=({"key": "x", "operator": "Exists"},),
+        runtime_class="nvidia",
     )
     k = NotebookKernel.model_validate(kernel_obj(spec={"storage": {"url": "s3://b/p", "secretName": "creds"}}))
     pod = builders.replica_pod(k, replica_obj(), 1, cfg)
@@ -251,6 +253,7 @@ def test_replica_pod_settings_follow_the_config() -> None:
     assert pod["spec"]["nodeSelector"] == {labels.GPU_POOL_LABEL: "true", "pool": "a"}
     assert {"key": "x", "operator": "Exists"} in pod["spec"]["tolerations"]
     assert pod["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "creds"}}]
+    assert pod["spec"]["runtimeClassName"] == "nvidia"
 
 
 def test_router_pod(kernel: NotebookKernel, owner: dict, cfg: OperatorConfig) -> None:

@@ -36,6 +36,7 @@ def test_from_env() -> None:
             "NOTEBOOKOS_EXTRA_TOLERATIONS": '[{"key": "k", "operator": "Exists"}]',
             "NOTEBOOKOS_RUNNER": "",
             "NOTEBOOKOS_KERNEL_SERVICE_ACCOUNT": "kernels",
+            "NOTEBOOKOS_RUNTIME_CLASS": "nvidia",
         }
     )
     assert (cfg.image, cfg.scheduler_name, cfg.broker_url, cfg.raft_port) == (
@@ -48,6 +49,7 @@ def test_from_env() -> None:
     assert cfg.extra_tolerations == ({"key": "k", "operator": "Exists"},)
     assert cfg.runner == "" and cfg.kernel_service_account == "kernels"
     assert (cfg.router_port, cfg.router_ports.hb, cfg.jupyter_port) == (6000, 6004, 9100)
+    assert cfg.runtime_class == "nvidia"
 
 
 @pytest.mark.parametrize(
