@@ -196,3 +196,23 @@ def test_garbage_collection_deletes_dependents(cluster: Cluster, crds: None, nam
         return "dependent" not in names
 
     until(gone, 60, "the controller-manager's garbage collector to delete the dependent")
+
+
+def test_runner_waits_for_a_missing_config_map_key(
+    cluster: Cluster, namespace: str, process_runner: ProcessRunner
+) -> None:
+    """As the kubelet holds a container whose non-optional configMapKeyRef is missing, so does the runner."""
+    nodes = cluster.add_gpu_nodes(1, prefix="wait")
+    core = client.CoreV1Api(cluster.api())
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "greeting"}, "stringData": {"word": "hi"}})
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "peers"}, "data": {}})
+    extra = [{"name": "PEERS", "valueFrom": {"configMapKeyRef": {"name": "peers", "key": "peers"}}}]
+    core.create_namespaced_pod(namespace, _server_pod("waiter", extra))
+    try:
+        until(lambda: any("has no key peers" in w for w in process_runner.waiting.values()), 60, "the runner to wait")
+        assert process_runner.pid_of(namespace, "waiter") is None
+        assert core.read_namespaced_pod("waiter", namespace).status.phase == "Running"
+        core.patch_namespaced_config_map("peers", namespace, {"data": {"peers": "1=127.0.0.1:7000"}})
+        until(lambda: process_runner.pid_of(namespace, "waiter"), 60, "the runner to start the process")
+    finally:
+        cluster.delete_nodes(nodes)

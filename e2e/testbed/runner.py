@@ -55,6 +55,10 @@ def expand(value: str, env: dict[str, str]) -> str:
     return "".join(out)
 
 
+class NotYet(Exception):
+    """The pod cannot start yet (a referenced key is missing); the kubelet would retry, so do we."""
+
+
 @dataclass
 class Running:
     uid: str
@@ -73,6 +77,7 @@ class ProcessRunner:
         self.running: dict[str, Running] = {}
         self.finished: set[str] = set()
         self.errors: list[str] = []
+        self.waiting: dict[str, str] = {}  # pod uid -> why it cannot start yet
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="process-runner", daemon=True)
         self.root = cluster.root / "pods"
@@ -122,6 +127,8 @@ class ProcessRunner:
                 continue
             try:
                 self._start(pod)
+            except NotYet as exc:
+                self.waiting[uid] = str(exc)
             except Exception as exc:
                 self.finished.add(uid)
                 self.errors.append(f"{pod.metadata.namespace}/{pod.metadata.name}: {exc!r}")
@@ -135,9 +142,9 @@ class ProcessRunner:
         env: dict[str, str] = {}
         for src in container.env_from or []:
             if src.config_map_ref is not None:
-                data = self.core.read_namespaced_config_map(src.config_map_ref.name, ns).data or {}
+                data = self._data("configmap", ns, src.config_map_ref.name, bool(src.config_map_ref.optional))
             else:
-                raw = self.core.read_namespaced_secret(src.secret_ref.name, ns).data or {}
+                raw = self._data("secret", ns, src.secret_ref.name, bool(src.secret_ref.optional))
                 data = {k: base64.b64decode(v).decode() for k, v in raw.items()}
             env.update({f"{src.prefix or ''}{k}": v for k, v in data.items()})
         for var in container.env or []:
@@ -146,11 +153,19 @@ class ProcessRunner:
                 continue
             vf = var.value_from
             if vf.secret_key_ref is not None:
-                raw = self.core.read_namespaced_secret(vf.secret_key_ref.name, ns).data or {}
-                env[var.name] = base64.b64decode(raw[vf.secret_key_ref.key]).decode()
+                ref = vf.secret_key_ref
+                raw = self._data("secret", ns, ref.name, bool(ref.optional))
+                if ref.key in raw:
+                    env[var.name] = base64.b64decode(raw[ref.key]).decode()
+                elif not ref.optional:
+                    raise NotYet(f"secret {ns}/{ref.name} has no key {ref.key}")
             elif vf.config_map_key_ref is not None:
-                data = self.core.read_namespaced_config_map(vf.config_map_key_ref.name, ns).data or {}
-                env[var.name] = data[vf.config_map_key_ref.key]
+                ref = vf.config_map_key_ref
+                data = self._data("configmap", ns, ref.name, bool(ref.optional))
+                if ref.key in data:
+                    env[var.name] = data[ref.key]
+                elif not ref.optional:
+                    raise NotYet(f"configmap {ns}/{ref.name} has no key {ref.key}")
             elif vf.field_ref is not None:
                 env[var.name] = self._field(pod, vf.field_ref.field_path)
             else:
@@ -164,6 +179,19 @@ class ProcessRunner:
                 local.mkdir(parents=True, exist_ok=True)
                 env = {k: v.replace(mount.mount_path, str(local)) for k, v in env.items()}
         return env
+
+    def _data(self, kind: str, ns: str, name: str, optional: bool) -> dict[str, str]:
+        """A Secret's or ConfigMap's data; a missing object is waited for, as the kubelet does."""
+        try:
+            if kind == "secret":
+                return dict(self.core.read_namespaced_secret(name, ns).data or {})
+            return dict(self.core.read_namespaced_config_map(name, ns).data or {})
+        except ApiException as exc:
+            if exc.status == 404:
+                if optional:
+                    return {}
+                raise NotYet(f"{kind} {ns}/{name} does not exist") from None
+            raise
 
     @staticmethod
     def _field(pod: Any, path: str) -> str:
@@ -237,6 +265,7 @@ class ProcessRunner:
                 argv, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True
             )
         self.running[uid] = Running(uid, ns, name, proc, workdir, log)
+        self.waiting.pop(uid, None)
 
     def _terminate(self, uid: str) -> None:
         run = self.running.pop(uid, None)
