@@ -287,8 +287,12 @@ def test_too_few_gpu_nodes_keeps_kernel_pending_and_says_why(bed: Bed, namespace
     assert "anti-affinity" in event.message
 
     # The membership is incomplete, so replica containers may not start yet; nor is there a router.
-    data = bed.core.read_namespaced_config_map("short-peers", namespace).data
-    assert "peers" not in data and len(data["known"].split(",")) == 2, data
+    def two_known() -> dict[str, str] | None:
+        data = bed.core.read_namespaced_config_map("short-peers", namespace).data
+        return data if len(data["known"].split(",")) == 2 else None
+
+    data = until(two_known, 30, "the two placed replicas' addresses in the peers ConfigMap")
+    assert "peers" not in data, data
     assert not bed.core.list_namespaced_pod(namespace, label_selector=f"{labels.COMPONENT_LABEL}=router").items
 
     # Stays pending (no retry storm of new pods) ...
