@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig path (default: $KUBECONFIG)")
     parser.add_argument(
         "--via",
-        choices=["service", "endpoints", "local"],
+        choices=["service", "pod", "local"],
         default="local",
         help="address in the file: 127.0.0.1 with kubectl port-forward (default), the Service's DNS name, "
         "or the router pod's IP",

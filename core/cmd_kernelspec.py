@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=None, help="fsspec URL for large state values, e.g. s3://bucket/prefix")
     p.add_argument(
         "--connect-via",
-        choices=["service", "endpoints", "local"],
+        choices=["service", "pod", "local"],
         default="service",
         help="how Jupyter reaches the router: cluster DNS (default), the router pod's IP, or 127.0.0.1",
     )

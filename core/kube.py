@@ -46,24 +46,27 @@ def read_kernel(api: Any, namespace: str, name: str) -> NotebookKernel:
     return NotebookKernel.model_validate(body)
 
 
-def router_endpoint(api: Any, namespace: str, service: str) -> str | None:
-    """The address of a ready router pod behind `service` (for flat networks without cluster DNS,
-    such as the e2e test bed)."""
+def router_pod_ip(api: Any, namespace: str, service: str) -> str | None:
+    """The IP of a ready pod behind `service`, found by the Service's selector (for flat networks
+    without cluster DNS or kube-proxy, such as the e2e test bed, whose loopback pod IPs
+    EndpointSlices may not carry)."""
     from kubernetes import client
 
-    slices = client.DiscoveryV1Api(api).list_namespaced_endpoint_slice(
-        namespace, label_selector=f"kubernetes.io/service-name={service}"
-    )
-    for sl in slices.items:
-        for ep in sl.endpoints or []:
-            if ep.conditions is None or ep.conditions.ready is not False:
-                return str(ep.addresses[0])
+    core = client.CoreV1Api(api)
+    selector = core.read_namespaced_service(service, namespace).spec.selector or {}
+    if not selector:
+        return None
+    pods = core.list_namespaced_pod(namespace, label_selector=",".join(f"{k}={v}" for k, v in selector.items()))
+    for pod in pods.items:
+        ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+        if ready and pod.status.pod_ip and pod.metadata.deletion_timestamp is None:
+            return str(pod.status.pod_ip)
     return None
 
 
 def kernel_connection(api: Any, kernel: NotebookKernel, via: str = "service") -> dict[str, Any]:
     """Connection info for a kernel that has status.connection; `via` picks the address: the
-    Service's DNS name (`service`), the router pod's IP (`endpoints`), or 127.0.0.1 for use with
+    Service's DNS name (`service`), the router pod's IP (`pod`), or 127.0.0.1 for use with
     `kubectl port-forward` (`local`)."""
     from kubernetes import client
 
@@ -74,13 +77,13 @@ def kernel_connection(api: Any, kernel: NotebookKernel, via: str = "service") ->
     key = hmac_key(secret.data or {})
     if via == "service":
         host = service_host(kernel)
-    elif via == "endpoints":
-        found = router_endpoint(api, ns, conn.service_name)
+    elif via == "pod":
+        found = router_pod_ip(api, ns, conn.service_name)
         if found is None:
-            raise RuntimeError(f"service {ns}/{conn.service_name} has no ready router endpoint")
+            raise RuntimeError(f"service {ns}/{conn.service_name} has no ready router pod")
         host = found
     elif via == "local":
         host = "127.0.0.1"
     else:
-        raise ValueError(f"via must be service, endpoints or local, not {via!r}")
+        raise ValueError(f"via must be service, pod or local, not {via!r}")
     return connection_info(kernel, key, host)

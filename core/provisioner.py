@@ -76,7 +76,7 @@ class NotebookOSProvisioner(KernelProvisionerBase):
     connect_via = Unicode(
         "service",
         config=True,
-        help="How to reach the router: service (cluster DNS), endpoints (router pod IP), local (port-forward)",
+        help="How to reach the router: service (cluster DNS), pod (router pod IP), local (port-forward)",
     )
     launch_timeout = Float(
         float(os.environ.get("KERNEL_LAUNCH_TIMEOUT", "300")), config=True, help="Seconds to wait for Ready"

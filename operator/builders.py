@@ -19,6 +19,7 @@ Manifest = dict[str, Any]
 
 REPLICA_MODULE = "notebookos.kernel.replica"
 ROUTER_MODULE = "notebookos.kernel.router"
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 SCRATCH_DIR = "/tmp"  # the only writable path: the root filesystem is read-only
 RUN_AS = 1000
 
@@ -271,6 +272,8 @@ def _common_env(kernel: NotebookKernel, cfg: OperatorConfig) -> list[Manifest]:
     ]
     if cfg.broker_url:
         env.append(_env_value("NOTEBOOKOS_BROKER_URL", cfg.broker_url))
+        # Named explicitly (it is also the kernel's default) so the contract shows where the token is.
+        env.append(_env_value("NOTEBOOKOS_BROKER_TOKEN_FILE", f"{SERVICE_ACCOUNT_DIR}/token"))
     return env
 
 

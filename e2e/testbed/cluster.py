@@ -205,7 +205,9 @@ class Cluster:
                 "--use-service-account-credentials=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={free_port()}",
-                "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle",
+                # Pod IPs are loopback addresses here, which EndpointSlices may not carry.
+                "--controllers=*,-node-ipam-controller,-service-lb-controller,-cloud-node-lifecycle-controller,"
+                "-endpoints-controller,-endpointslice-controller,-endpointslice-mirroring-controller",
                 "--concurrent-gc-syncs=5",
                 "--terminated-pod-gc-threshold=100",
             ],
@@ -256,8 +258,6 @@ class Cluster:
                 f"--config={path}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={port}",
-                f"--authentication-kubeconfig={self.kubeconfig}",
-                f"--authorization-kubeconfig={self.kubeconfig}",
                 "--authorization-always-allow-paths=/healthz,/readyz,/livez",
             ],
             ready_url=f"https://127.0.0.1:{port}/healthz",

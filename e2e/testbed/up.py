@@ -70,7 +70,7 @@ def serve(gpu_nodes: int) -> None:
         until(ready, 240, f"NotebookKernel {KERNEL} to be Ready")
         conn = STATE / f"kernel-{KERNEL}.json"
         subprocess.run(
-            [sys.executable, "-m", "notebookos.cli", "connect", KERNEL, "-n", NAMESPACE, "--via", "endpoints",
+            [sys.executable, "-m", "notebookos.cli", "connect", KERNEL, "-n", NAMESPACE, "--via", "pod",
              "-o", str(conn), "--kubeconfig", str(cluster.kubeconfig)],
             check=True, capture_output=True,
         )  # fmt: skip
@@ -124,7 +124,7 @@ def start(gpu_nodes: int, timeout: float) -> int:
   kubectl get notebookos -A            # kernels and replicas
   kubectl get pods -o wide             # replica pods on fake GPU nodes {", ".join(info["nodes"])}
   jupyter console --existing {info["connection_file"]}
-  # another kernel:  kubectl apply -f examples/full.yaml  then  notebookos connect full --via endpoints
+  # another kernel:  kubectl apply -f examples/full.yaml  then  notebookos connect full --via pod
   # logs: {STATE / "cluster" / "logs"}
   make down                            # stop it all
 """)
