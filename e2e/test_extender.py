@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -30,10 +31,12 @@ from e2e.testbed.cluster import Cluster, free_port
 from e2e.testbed.wait import until
 from notebookos import labels
 from notebookos.extender.binding_store import KubeBindingStore
+from notebookos.extender.cluster_state import binding_from_replica, pod_entry_from_object
 from notebookos.extender.node_agent import NodeAgent
 from notebookos.extender.nvml import FakeNvml
 from notebookos.extender.scheduler_config import extender_entry
 from notebookos.policy.ledger import Grant
+from notebookos.policy.placement import SubscriptionRatio
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -86,7 +89,7 @@ def replica_pod(name: str, kernel: str, gpus: int, scheduler: str, nodes: list[s
     }
 
 
-def start_extender(cluster: Cluster, name: str, max_ratio: float) -> str:
+def start_extender(cluster: Cluster, name: str, max_ratio: float, extra: tuple[str, ...] = ()) -> str:
     port = free_port()
     cluster.spawn(
         name,
@@ -98,6 +101,7 @@ def start_extender(cluster: Cluster, name: str, max_ratio: float) -> str:
             f"--max-subscription-ratio={max_ratio}",
             "--ratio-interval=1",
             "--log-level=DEBUG",
+            *extra,
         ],
         ready_url=f"http://127.0.0.1:{port}/readyz",
     )
@@ -224,6 +228,81 @@ def test_a_burst_of_kernels_never_passes_the_cap(cluster: Cluster, namespace: st
         cluster.delete_nodes(nodes)
 
 
+def expected_ratio(cluster: Cluster) -> float:
+    """SR from a fresh LIST: demand (each live kernel's per-cell GPUs, once) over busy (GPUs in
+    KernelReplica bindings), clamped to [1, 7]. Cluster-wide: other tests' kernels count too."""
+    core = cluster.core()
+    custom = client.CustomObjectsApi(cluster.api())
+    raw = core.list_pod_for_all_namespaces(label_selector=labels.KERNEL_LABEL, _preload_content=False)
+    entries = [pod_entry_from_object(p) for p in json.loads(raw.data)["items"]]
+    demand = sum({e.kernel: e.gpus for e in entries if e is not None}.values())
+    replicas = custom.list_cluster_custom_object("notebookos.io", "v1alpha1", "kernelreplicas")["items"]
+    busy = sum(b[1] for b in map(binding_from_replica, replicas) if b is not None)
+    return SubscriptionRatio.instantaneous(demand, busy, 7.0)
+
+
+def test_extender_sees_bindings_and_computes_the_ratio(cluster: Cluster, namespace: str, crds: None) -> None:
+    """The extender's watches end to end: a replica pod on a node and its KernelReplica's GPU
+    binding become the node's subscribed and bound GPUs, and SR = demand / busy as a fresh LIST
+    of the whole cluster gives it."""
+    core = cluster.core()
+    custom = client.CustomObjectsApi(cluster.api())
+    [node] = cluster.add_gpu_nodes(1, gpus=4, prefix="ext-ratio")
+    name = "extender-ratio"
+    try:
+        url = start_extender(cluster, name, 7.0, ("--ratio-window=1",))
+        for k, gpus in (("r0", 2), ("r1", 1)):  # demand 3
+            pod = replica_pod(f"{k}-1", k, gpus, "default-scheduler", [node])
+            pod["spec"]["nodeName"] = node
+            core.create_namespaced_pod(namespace, pod)
+        custom.create_namespaced_custom_object(
+            "notebookos.io",
+            "v1alpha1",
+            namespace,
+            "kernelreplicas",
+            {
+                "apiVersion": "notebookos.io/v1alpha1",
+                "kind": "KernelReplica",
+                "metadata": {"name": "r0-1"},
+                "spec": {"kernelName": "r0", "replicaId": 1},
+            },
+        )
+        inv = json.loads(core.read_node(node).metadata.annotations[labels.GPU_INVENTORY_ANNOTATION])
+        binding = {
+            "node": node,
+            "devices": [d["uuid"] for d in inv[:2]],
+            "executionId": "cell-1",
+            "since": "2026-01-01T00:00:00Z",
+            "grantSeq": 1,
+        }
+        custom.patch_namespaced_custom_object_status(
+            "notebookos.io", "v1alpha1", namespace, "kernelreplicas", "r0-1", {"status": {"gpuBinding": binding}}
+        )
+        expected = [
+            f'notebookos_node_bound_gpus{{node="{node}"}} 2.0',
+            f'notebookos_node_idle_gpus{{node="{node}"}} 2.0',
+            f'notebookos_node_subscribed_gpus{{node="{node}"}} 3.0',
+        ]
+        seen = [""]
+
+        def shows_all() -> bool:
+            seen[0] = requests.get(f"{url}metrics", timeout=5).text
+            ratio = re.search(r"^notebookos_subscription_ratio (\S+)$", seen[0], re.M)
+            return (
+                all(line in seen[0] for line in expected)
+                and ratio is not None
+                and abs(float(ratio[1]) - expected_ratio(cluster)) < 1e-6
+            )
+
+        try:
+            until(shows_all, 30, f"the extender's metrics to show {expected}")
+        except TimeoutError as e:
+            raise AssertionError(f"{e}; last metrics:\n{seen[0]}") from None
+    finally:
+        cluster.stop(name)
+        cluster.delete_nodes([node])
+
+
 # ------------------------------------------------------------------------------------------ broker
 
 
@@ -260,6 +339,12 @@ def _kernel_pod(core: client.CoreV1Api, ns: str, name: str, sa: str, node: str, 
         )
     )
     return str(core.create_namespaced_service_account_token(sa, ns, req).status.token)
+
+
+def ready_answer(r: requests.Response) -> requests.Response | None:
+    """The answer once the broker knows the node (404 UnknownNode before its watch has it).
+    Not `r` itself in a condition: a 4xx Response is falsy."""
+    return None if r.status_code == 404 else r
 
 
 def test_broker_with_real_tokens_and_status_records(cluster: Cluster, namespace: str, crds: None) -> None:
@@ -300,9 +385,7 @@ def test_broker_with_real_tokens_and_status_records(cluster: Cluster, namespace:
             )
 
         # the broker learns the node's inventory from its watch
-        r = until(
-            lambda: (x := acquire(tok_k1, 1, "cell-1")).status_code != 404 and x, 30, "the broker to see the node"
-        )
+        r = until(lambda: ready_answer(acquire(tok_k1, 1, "cell-1")), 30, "the broker to see the node")
         assert r.status_code == 200, r.text
         devices = r.json()["devices"]
         inventory = json.loads(core.read_node(node).metadata.annotations[labels.GPU_INVENTORY_ANNOTATION])
@@ -321,7 +404,7 @@ def test_broker_with_real_tokens_and_status_records(cluster: Cluster, namespace:
         # restart: the ledger comes back from status.gpuBinding; nothing is granted twice
         cluster.stop(BROKER)
         cluster.spawn(BROKER, argv, ready_url=f"http://127.0.0.1:{port}/readyz")
-        again = until(lambda: (x := acquire(tok_k1, 1, "cell-1")).status_code != 404 and x, 30, "the broker again")
+        again = until(lambda: ready_answer(acquire(tok_k1, 1, "cell-1")), 30, "the broker again")
         assert again.status_code == 200 and again.json()["devices"] == devices
         r2 = acquire(tok_k1, 2, "cell-2", gpus=2)
         assert r2.status_code == 409 and r2.json()["code"] == "Unavailable"

@@ -3,6 +3,10 @@
 Every mutation holds the lock from the ledger decision until the durable record is written, so
 two requests never see the same idle device, and a grant is answered only once it is durable: a
 restarted broker rebuilds from the store and can never hand the same device out again.
+
+Execution ids are the callers' (a cell's id), so they are only unique within a kernel: inside the
+ledger each is scoped by its kernel (``ns/kernel#id``). One kernel can neither collide with nor
+learn about another's executions. Stores and callers only ever see the plain id.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 
 from notebookos.policy.ledger import GpuLedger, Grant, Refusal
 
@@ -17,6 +22,20 @@ from .binding_store import BindingStore, StoreError, WrongNode
 from .metrics import BrokerMetrics
 
 log = logging.getLogger(__name__)
+
+SCOPE = "#"  # kernel names and execution ids (see broker_app) never contain it
+
+
+def scoped_id(kernel: str, execution_id: str) -> str:
+    return f"{kernel}{SCOPE}{execution_id}"
+
+
+def scoped(g: Grant) -> Grant:
+    return replace(g, execution_id=scoped_id(g.kernel, g.execution_id))
+
+
+def public(g: Grant) -> Grant:
+    return replace(g, execution_id=g.execution_id.partition(SCOPE)[2])
 
 
 class Broker:
@@ -30,8 +49,8 @@ class Broker:
     async def start(self) -> list[Grant]:
         """Rebuild the ledger from the durable records; clears (and returns) stale ones."""
         async with self._lock:
-            records = await self.store.load()
-            dropped = self.ledger.rebuild(records)
+            records = [scoped(g) for g in await self.store.load()]
+            dropped = [public(g) for g in self.ledger.rebuild(records)]
             for g in dropped:
                 log.warning("dropping stale GPU binding %s of %s replica %d", g.execution_id, g.kernel, g.replica)
                 await self.store.clear(g)
@@ -44,51 +63,59 @@ class Broker:
     def remove_node(self, node: str) -> None:
         self.ledger.remove_node(node)
 
+    def _refused(self, refusal: Refusal, kernel: str) -> Refusal:
+        if self.metrics:
+            self.metrics.refusals.labels(refusal.code).inc()
+        return Refusal(refusal.reason.replace(f"{kernel}{SCOPE}", ""), refusal.code)
+
     async def acquire(self, kernel: str, replica: int, node: str, gpus: int, execution_id: str) -> Grant | Refusal:
+        """kernel is namespace/name; the answer carries the caller's plain execution id."""
+        sid = scoped_id(kernel, execution_id)
         async with self._lock:
-            before = self.ledger.grant_for(execution_id)
-            result = self.ledger.acquire(kernel, replica, node, gpus, execution_id)
-            if isinstance(result, Grant) and before is None:
+            before = self.ledger.grant_for(sid)
+            result = self.ledger.acquire(kernel, replica, node, gpus, sid)
+            if isinstance(result, Refusal):
+                return self._refused(result, kernel)
+            if before is None:
                 try:
-                    await self.store.write(result)
+                    await self.store.write(public(result))
                 except WrongNode as e:
-                    self.ledger.release(execution_id)
-                    refusal = Refusal(str(e), "Conflict")
-                    if self.metrics:
-                        self.metrics.refusals.labels(refusal.code).inc()
-                    return refusal
+                    self.ledger.release(sid)
+                    return self._refused(Refusal(str(e), "Conflict"), kernel)
                 except Exception as e:
-                    self.ledger.release(execution_id)  # not durable: not granted
+                    self.ledger.release(sid)  # not durable: not granted
                     raise StoreError(str(e)) from e
                 if self.metrics:
                     self.metrics.grants.inc()
-            elif isinstance(result, Refusal) and self.metrics:
-                self.metrics.refusals.labels(result.code).inc()
-            return result
+            return public(result)
 
-    async def release(self, execution_id: str) -> Grant | None:
+    async def release(self, kernel: str, execution_id: str) -> Grant | None:
         """Durable record first: if it cannot be cleared the grant stays and the caller retries."""
+        sid = scoped_id(kernel, execution_id)
         async with self._lock:
-            grant = self.ledger.grant_for(execution_id)
+            grant = self.ledger.grant_for(sid)
             if grant is None:
                 return None
-            await self.store.clear(grant)
-            self.ledger.release(execution_id)
+            await self.store.clear(public(grant))
+            self.ledger.release(sid)
             if self.metrics:
                 self.metrics.releases.inc()
-            return grant
+            return public(grant)
 
-    async def forget(self, execution_id: str) -> Grant | None:
+    async def forget(self, kernel: str, execution_id: str) -> Grant | None:
         """The replica holding this execution's grant was deleted, and its record with it: free the
         devices in the ledger. Keyed by execution id, so a late deletion event of an old replica
         object never frees the grant of the one that replaced it."""
         async with self._lock:
-            grant = self.ledger.release(execution_id)
+            grant = self.ledger.release(scoped_id(kernel, execution_id))
             if grant is not None:
                 log.info("replica %s/%d deleted: freed %s", grant.kernel, grant.replica, ", ".join(grant.devices))
                 if self.metrics:
                     self.metrics.releases.inc()
-            return grant
+            return public(grant) if grant is not None else None
+
+    def grants(self, node: str | None = None) -> list[Grant]:
+        return [public(g) for g in self.ledger.grants() if node is None or g.node == node]
 
     def per_node(self) -> list[tuple[str, int, int, int | None]]:
         """(node, GPUs, bound, -) for metrics; the broker knows nothing of subscriptions."""

@@ -3,13 +3,14 @@
 POST /v1/acquire  {"kernel", "replica", "node", "gpus", "executionId", "namespace"?}
     200 {"devices": [...], "node", "executionId", "grantSeq"}  or a refusal:
     409 {"reason", "code": "Unavailable"|"Conflict"}, 404 code UnknownNode, 400 code Invalid
-POST /v1/release  {"executionId"} -> 200 {"released": bool, "devices": [...]}
+POST /v1/release  {"executionId", "kernel"?, "namespace"?} -> 200 {"released": bool, "devices": [...]}
 GET  /v1/grants?node=N -> 200 {"grants": [...]} (admins only: the node agent's audit)
 (the same three without the /v1 prefix too, as notebookos.kernel.broker calls them)
 GET  /healthz, /readyz, /metrics
 
 Every /v1 call carries ``Authorization: Bearer <service-account token>``. ``kernel`` is the
 kernel's name; its namespace is the caller's (admins may name another with ``namespace``).
+Execution ids are scoped by kernel: a release names the caller's own kernel unless it says otherwise.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class AcquireBody(BaseModel):
 class ReleaseBody(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     execution_id: ExecutionId = Field(alias="executionId")
+    kernel: Name | None = None
+    namespace: Name | None = None
 
 
 def grant_json(g: Grant) -> dict[str, Any]:
@@ -115,6 +118,14 @@ def make_broker_app(
             code = {401: "Unauthorized", 403: "Forbidden"}.get(e.status, "AuthUnavailable")
             raise _Reply(e.status, e.message, code) from None
 
+    def kernel_of(who: Identity, kernel: str | None, namespace: str | None) -> str:
+        """namespace/name of the kernel a call is for: the caller's own unless it names one."""
+        kernel = kernel or who.kernel
+        namespace = namespace or who.namespace
+        if kernel is None or namespace is None:
+            raise _Reply(400, "kernel and namespace: required for callers that are not a kernel's pod", "Invalid")
+        return f"{namespace}/{kernel}"
+
     def forbid(who: Identity, kernel: str) -> web.Response:
         return _error(403, f"{who.subject} may not act for kernel {kernel}", "Forbidden")
 
@@ -122,10 +133,7 @@ def make_broker_app(
         started = time.perf_counter()
         who = await identity(request)
         body: AcquireBody = await _body(request, AcquireBody)
-        namespace = body.namespace or who.namespace
-        if namespace is None:
-            return _error(400, "namespace: required for callers that are not a kernel's pod", "Invalid")
-        kernel = f"{namespace}/{body.kernel}"
+        kernel = kernel_of(who, body.kernel, body.namespace)
         if not who.may_act_for(kernel):
             return forbid(who, kernel)
         try:
@@ -141,11 +149,11 @@ def make_broker_app(
         started = time.perf_counter()
         who = await identity(request)
         body: ReleaseBody = await _body(request, ReleaseBody)
-        held = broker.ledger.grant_for(body.execution_id)
-        if held is not None and not who.may_act_for(held.kernel):
-            return forbid(who, held.kernel)
+        kernel = kernel_of(who, body.kernel, body.namespace)
+        if not who.may_act_for(kernel):
+            return forbid(who, kernel)
         try:
-            grant = await broker.release(body.execution_id)
+            grant = await broker.release(kernel, body.execution_id)
         except StoreError as e:
             return _error(503, f"release not recorded, grant kept; retry: {e}", "StoreUnavailable")
         metrics.latency.labels("release").observe(time.perf_counter() - started)
@@ -156,9 +164,7 @@ def make_broker_app(
         if not who.admin:
             return _error(403, f"{who.subject} may not list grants", "Forbidden")
         node = request.query.get("node")
-        return web.json_response(
-            {"grants": [grant_json(g) for g in broker.ledger.grants() if node is None or g.node == node]}
-        )
+        return web.json_response({"grants": [grant_json(g) for g in broker.grants(node)]})
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")

@@ -113,7 +113,7 @@ def watch_replica_deletions(api: client.ApiClient, broker: Broker, loop: asyncio
         except Exception:
             return
         if grant is not None:
-            asyncio.run_coroutine_threadsafe(broker.forget(grant.execution_id), loop)
+            asyncio.run_coroutine_threadsafe(broker.forget(grant.kernel, grant.execution_id), loop)
 
     informer = Informer(
         "replicas",

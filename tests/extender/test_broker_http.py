@@ -89,7 +89,7 @@ async def test_restart_in_the_middle_grants_no_device_twice(server_thread) -> No
     assert lost, "the crash should have cut some requests"
     broker_b, b = start_broker(server_thread, store)  # rebuilds from the store
     # every grant answered before the crash survived it
-    assert {g.execution_id for g in broker_b.ledger.grants()} >= {x["executionId"] for x in answered.values()}
+    assert {g.execution_id for g in broker_b.grants()} >= {x["executionId"] for x in answered.values()}
     # clients retry what they never got an answer for, and re-ask what they did: idempotent
     retried = {}
     for i in list(answered) + lost:
@@ -101,7 +101,7 @@ async def test_restart_in_the_middle_grants_no_device_twice(server_thread) -> No
             retried[i] = r.json()
     for i, x in answered.items():
         assert retried[i]["devices"] == x["devices"]
-    live = broker_b.ledger.grants()
+    live = broker_b.grants()
     devices = [d for g in live for d in g.devices]
     assert len(devices) == len(set(devices)) <= 8
     assert {(g.kernel, g.replica): g for g in live} == store.records
@@ -128,7 +128,7 @@ def test_idempotent_acquire_and_stale_release(server_thread) -> None:
 
 
 def test_auth_limits_each_pod_to_its_kernel(server_thread) -> None:
-    _, srv = start_broker(server_thread, MemoryBindingStore())
+    broker, srv = start_broker(server_thread, MemoryBindingStore())
     u = srv.url
     r = requests.post(f"{u}/v1/acquire", json=acquire_body(1, "e1"), timeout=10)
     assert r.status_code == 401 and "Authorization" in r.json()["reason"]
@@ -137,8 +137,12 @@ def test_auth_limits_each_pod_to_its_kernel(server_thread) -> None:
     r = requests.post(f"{u}/v1/acquire", json=acquire_body(2, "e1"), headers=hdr("tok-k1"), timeout=10)
     assert r.status_code == 403 and "ns/k2" in r.json()["reason"]
     assert requests.post(f"{u}/v1/acquire", json=acquire_body(1, "e1"), headers=hdr("tok-k1"), timeout=10).ok
+    # execution ids are scoped by kernel: k2 cannot even see k1's, let alone release it
     r = requests.post(f"{u}/v1/release", json={"executionId": "e1"}, headers=hdr("tok-k2"), timeout=10)
+    assert r.json() == {"released": False, "devices": []}
+    r = requests.post(f"{u}/v1/release", json={"executionId": "e1", "kernel": "k1"}, headers=hdr("tok-k2"), timeout=10)
     assert r.status_code == 403
+    assert [g.execution_id for g in broker.grants()] == ["e1"]
     assert requests.get(f"{u}/v1/grants", headers=hdr("tok-k1"), timeout=10).status_code == 403
     admin_body = {**acquire_body(3, "e3"), "namespace": "ns"}
     assert requests.post(f"{u}/v1/acquire", json=admin_body, headers=hdr("tok-admin"), timeout=10).ok
@@ -179,8 +183,9 @@ def test_bare_paths_of_the_kernel_client_and_forget(server_thread) -> None:
     r = requests.post(f"{srv.url}/acquire", json=acquire_body(1, "e1", gpus=8), headers=hdr("tok-k1"), timeout=10)
     assert r.status_code == 200 and len(r.json()["devices"]) == 8
     # a late deletion event of some other execution frees nothing; the holder's frees its devices
-    assert srv.call(broker.forget("other")) is None
-    assert srv.call(broker.forget("e1")) is not None
+    assert srv.call(broker.forget("ns/k1", "other")) is None
+    assert srv.call(broker.forget("ns/k2", "e1")) is None  # same id, another kernel
+    assert srv.call(broker.forget("ns/k1", "e1")) is not None
     assert len(broker.ledger.idle_devices("n0")) == 8
     r = requests.post(f"{srv.url}/release", json={"executionId": "e1"}, headers=hdr("tok-k1"), timeout=10)
     assert r.json() == {"released": False, "devices": []}
@@ -209,3 +214,24 @@ def test_grants_only_on_the_node_the_replica_runs_on(server_thread) -> None:
         f"{srv.url}/v1/acquire", json=acquire_body(1, "e1", gpus=1, node="n1"), headers=hdr("tok-k1"), timeout=10
     )
     assert r.status_code == 200 and r.json()["devices"] == ["GPU-n1-0"]
+
+
+def test_execution_ids_are_scoped_by_kernel(server_thread) -> None:
+    """Two kernels may use the same execution id (a cell counter, say): separate grants, and no
+    refusal names the other kernel's execution."""
+    broker, srv = start_broker(server_thread, MemoryBindingStore())
+    a = requests.post(f"{srv.url}/v1/acquire", json=acquire_body(1, "cell-1"), headers=hdr("tok-k1"), timeout=10)
+    b = requests.post(f"{srv.url}/v1/acquire", json=acquire_body(2, "cell-1"), headers=hdr("tok-k2"), timeout=10)
+    assert a.status_code == b.status_code == 200 and a.json()["devices"] != b.json()["devices"]
+    assert a.json()["executionId"] == b.json()["executionId"] == "cell-1"
+    c = requests.post(
+        f"{srv.url}/v1/acquire", json=acquire_body(1, "cell-1", gpus=2), headers=hdr("tok-k1"), timeout=10
+    )
+    assert (
+        c.status_code == 409
+        and "execution cell-1 already holds" in c.json()["reason"]
+        and "#" not in c.json()["reason"]
+    )
+    r = requests.post(f"{srv.url}/v1/release", json={"executionId": "cell-1"}, headers=hdr("tok-k2"), timeout=10)
+    assert r.json()["devices"] == b.json()["devices"]
+    assert [(g.kernel, g.execution_id) for g in broker.grants()] == [("ns/k1", "cell-1")]
