@@ -490,16 +490,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     cf = write_connection_file(cfg)
     app = IPKernelApp.instance(kernel_class=ReplicaKernel, connection_file=cf, parent_handle=0)
+    code = 0
     try:
         app.initialize(["--IPKernelApp.connection_file=" + cf, "--HistoryManager.enabled=False"])
         app.start()
     except SystemExit as e:
-        return int(e.code or 0)
+        code = int(e.code or 0)
     except Exception:
         traceback.print_exc()
-        return 1
-    return 0
+        code = 1
+    try:
+        RUNTIME.raft.destroy()  # flush the journal (idempotent after do_shutdown)
+    except Exception:
+        pass
+    return code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    logging.shutdown()
+    # ipykernel and PySyncObj leave non-daemon threads behind; the kernel is done, so leave now.
+    os._exit(rc)

@@ -86,6 +86,7 @@ class Router:
         # reply and the idle status came back (they travel on different sockets, in either order).
         self.requests: dict[str, tuple[str, list[bytes], int]] = {}
         self.half_done: set[str] = set()
+        self.shutdown_acks: set[int] = set()
         self.last_executor: int | None = None
         self.stopping = asyncio.Event()
         self.dropped = 0
@@ -102,6 +103,7 @@ class Router:
         for name, kind in kinds.items():
             s = self.ctx.socket(kind)
             s.linger = 0
+            s.setsockopt(zmq.SNDTIMEO, 0)  # replies to a vanished client are dropped, never block
             if kind == zmq.ROUTER:
                 s.setsockopt(zmq.ROUTER_HANDOVER, 1)
             s.bind(f"tcp://{self.cfg.ip}:{ports[name]}")
@@ -141,6 +143,8 @@ class Router:
             if kind == zmq.DEALER:
                 s.setsockopt(zmq.IMMEDIATE, 1)  # never queue requests for a replica that is down
                 s.setsockopt(zmq.SNDHWM, 1000)
+                # A send to a replica that just died must fail at once, never block the router.
+                s.setsockopt(zmq.SNDTIMEO, 0)
             if name in ("shell", "stdin"):
                 s.setsockopt(zmq.ROUTING_ID, self.ident + b"-" + str(r.rid).encode())
             if kind == zmq.SUB:
@@ -291,38 +295,42 @@ class Router:
 
     # --- executions ----------------------------------------------------------------------------------------
 
-    def _choose_target(self, msg: dict[str, Any], exec_id: str) -> int | None:
+    def _candidates(self, msg: dict[str, Any]) -> list[int] | None:
+        """Replicas to propose as executor, best first; None asks for the replicas' election."""
         forced = (msg.get("metadata") or {}).get("notebookos_target")
         if forced == "election":
             return None
-        if isinstance(forced, int) and forced in self.replicas:
-            return forced
         alive = [r.rid for r in self._alive()]
-        if not alive:
-            return None
+        if isinstance(forced, int) and forced in alive:
+            return [forced]
         if self.cfg.target_policy == "rotate" and self.last_executor is not None:
             ids = sorted(self.replicas)
             start = ids.index(self.last_executor) + 1
             order = [ids[(start + i) % len(ids)] for i in range(len(ids))]
-            candidates = [i for i in order if i in alive]
-        else:
-            candidates = sorted(alive, key=lambda i: (i != self.last_executor, i))
+            return [i for i in order if i in alive]
+        # Affinity: the previous executor (its node may still have the model's data cached), then
+        # the others (the broker's answer decides whose node has GPUs free).
+        return sorted(alive, key=lambda i: (i != self.last_executor, i))
+
+    async def _grant(self, rid: int, exec_id: str) -> bool:
         if self.cfg.gpus == 0:
-            return candidates[0]
-        if self.broker is None:
-            return None
-        for rid in candidates:
-            node = self.replicas[rid].node
-            if not node:
-                continue
-            try:
-                g = self.broker.acquire(self.cfg.kernel, rid, node, self.cfg.gpus, exec_id)
-            except Exception as e:
-                log.warning("GPU broker: %s", e)
-                return None
-            if isinstance(g, Granted):
-                return rid
-        return None  # no node can give GPUs now: the replicas' election decides (and may report overload)
+            return True
+        node = self.replicas[rid].node
+        if self.broker is None or not node:
+            return False
+        try:
+            g = await asyncio.to_thread(self.broker.acquire, self.cfg.kernel, rid, node, self.cfg.gpus, exec_id)
+        except Exception as e:
+            log.warning("GPU broker: %s", e)
+            return False
+        return isinstance(g, Granted)
+
+    def _frames(self, msg: dict[str, Any], exec_id: str, target: int | None) -> list[bytes]:
+        md = dict(msg.get("metadata") or {})
+        md["notebookos"] = {"execution_id": exec_id, "target": target}
+        out = dict(msg)
+        out["metadata"] = md
+        return cast(list[bytes], self.session.serialize(out)[1:])  # re-signed: the metadata changed
 
     async def executions(self) -> None:
         while True:
@@ -339,16 +347,25 @@ class Router:
         header = msg["header"]
         exec_id = header["msg_id"]
         self.publish_status("busy", header)
-        target = self._choose_target(msg, exec_id)
-        md = dict(msg.get("metadata") or {})
-        md["notebookos"] = {"execution_id": exec_id, "target": target}
-        out = dict(msg)
-        out["metadata"] = md
-        frames = self.session.serialize(out)  # re-signed: the metadata changed
-        ex = Execution(exec_id, idents, header, set(), target)
+        ex = Execution(exec_id, idents, header, set(), None)
         self.current = ex
+        # The target must really receive the request (a replica that just died or restarted may
+        # not): otherwise the others would wait for an executor that never runs the cell.
+        target: int | None = None
+        frames = self._frames(msg, exec_id, None)
+        for rid in self._candidates(msg) or []:
+            if not await self._grant(rid, exec_id):
+                continue
+            attempt = self._frames(msg, exec_id, rid)
+            if self._send_raw(self.replicas[rid].sockets["shell"], [], attempt):
+                target, frames = rid, attempt
+                ex.sent_to.add(rid)
+                break
+            if self.cfg.gpus and self.broker is not None:
+                await asyncio.to_thread(self.broker.release, exec_id)
+        ex.target = target
         for r in self._alive():
-            if self._send_raw(r.sockets["shell"], [], frames[1:]):
+            if r.rid != target and self._send_raw(r.sockets["shell"], [], frames):
                 ex.sent_to.add(r.rid)
         log.debug("execute %s: target %s, sent to %s", exec_id, target, sorted(ex.sent_to))
         t0 = time.monotonic()
@@ -454,6 +471,9 @@ class Router:
                 cur.replies[r.rid] = (msg, rest)
                 cur.changed.set()
                 continue
+            if channel == "control" and msg["header"]["msg_type"] == "shutdown_reply":
+                self.shutdown_acks.add(r.rid)
+                continue
             if channel == "stdin":
                 if cur is not None and cur.executor == r.rid:
                     self._send_raw(self.front["stdin"], cur.idents, rest)
@@ -523,7 +543,10 @@ class Router:
                 if not r.alive:
                     continue
                 sock = r.sockets["probe"]
-                self.session.send(sock, "kernel_info_request", {})
+                if not self._send_raw(
+                    sock, [], self.session.serialize(self.session.msg("kernel_info_request", {}))[1:]
+                ):
+                    continue
                 try:
                     if await sock.poll(1000):
                         parsed = self._parse(await sock.recv_multipart(), f"replica {r.rid} probe")
@@ -587,9 +610,15 @@ class Router:
     async def _shutdown(self, idents: list[bytes], msg: dict[str, Any], rest: list[bytes]) -> None:
         log.info("shutdown requested: stopping the replicas and the router")
         frames = self.session.serialize(msg)
-        for r in self._alive():
-            self._send_raw(r.sockets["control"], [], frames[1:])
-        await asyncio.sleep(0.5)  # let the replicas flush their journals before the reply
+        # Every replica, also one still starting: retry until each confirmed, for a few seconds.
+        end = time.monotonic() + 5
+        sent: set[int] = set()
+        while set(self.replicas) - self.shutdown_acks and time.monotonic() < end:
+            for r in self.replicas.values():
+                if r.rid not in sent and self._send_raw(r.sockets["control"], [], frames[1:]):
+                    sent.add(r.rid)
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)  # let the replicas flush their journals
         content = {"status": "ok", "restart": bool((msg.get("content") or {}).get("restart"))}
         self.session.send(self.front["control"], "shutdown_reply", content, parent=msg["header"], ident=idents)
         self.session.send(self.front["iopub"], "shutdown_reply", content, parent=msg["header"])
@@ -602,8 +631,9 @@ class Router:
         sock = self.ctx.socket(zmq.DEALER)
         sock.linger = 0
         try:
+            sock.setsockopt(zmq.SNDTIMEO, 0)
             sock.connect(f"tcp://{r.address.host}:{channel_ports(r.address.port)['control']}")
-            self.session.send(sock, msg_type, content)
+            self._send_raw(sock, [], self.session.serialize(self.session.msg(msg_type, content))[1:])
             if not await sock.poll(int(timeout * 1000)):
                 return None
             parsed = self._parse(await sock.recv_multipart(), f"replica {r.rid} {msg_type}")

@@ -1,0 +1,107 @@
+"""Faults: a replica killed between cells or during a cell, a replica restarted, the router killed.
+The kernel keeps serving with the state of the last committed cell."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from notebookos.kernel.local import LocalKernel, run, text_of
+
+
+@pytest.fixture
+def kernel(tmp_path: Any) -> Iterator[LocalKernel]:
+    k = LocalKernel(tmp_path).start()
+    yield k
+    k.stop()
+
+
+def value(kc: Any, expr: str, target: int | None = None, timeout: float = 60) -> str:
+    reply, out = run(kc, expr, timeout=timeout, metadata={"notebookos_target": target} if target else None)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    if target:
+        assert reply["metadata"]["notebookos"]["replica"] == target
+    return text_of(out).strip()
+
+
+def until_serves(kc: Any, rid: int, timeout: float = 60) -> None:
+    """Wait until replica rid is up and runs a cell targeted at it."""
+    end = time.monotonic() + timeout
+    while True:
+        reply, _ = run(kc, "None", metadata={"notebookos_target": rid})
+        if reply["metadata"].get("notebookos", {}).get("replica") == rid:
+            return
+        assert time.monotonic() < end, f"replica {rid} did not come up"
+        time.sleep(0.5)
+
+
+def test_kill_a_replica_between_cells_then_restart_it(kernel: LocalKernel) -> None:
+    kc = kernel.client()
+    try:
+        reply, _ = run(kc, "x = 41\nitems = ['a']")
+        executor = reply["metadata"]["notebookos"]["replica"]
+        victim = next(r for r in (1, 2, 3) if r != executor)
+        kernel.kill(f"replica-{victim}")
+        assert value(kc, "x += 1\nitems.append('b')\nx") == "42"
+        assert value(kc, "items") == "['a', 'b']"
+        # The restarted replica catches up from its journal and the others, then serves a cell.
+        kernel.start_replica(victim)
+        until_serves(kc, victim)
+        assert value(kc, "(x, items)", target=victim) == "(42, ['a', 'b'])"
+    finally:
+        kc.stop_channels()
+
+
+def test_kill_the_executor_during_a_cell(kernel: LocalKernel) -> None:
+    kc = kernel.client()
+    try:
+        run(kc, "state = {'n': 1}")
+        target = 2
+        until_serves(kc, target)
+        result: dict[str, Any] = {}
+
+        def long_cell() -> None:
+            result["reply"], result["out"] = run(
+                kc, "import time\nstate['n'] = 99\ntime.sleep(30)", timeout=90, metadata={"notebookos_target": target}
+            )
+
+        t = threading.Thread(target=long_cell)
+        t.start()
+        time.sleep(2.0)  # the cell is running on replica 2
+        kernel.kill(f"replica-{target}")
+        t.join(timeout=90)
+        assert not t.is_alive(), "the client got no reply after its executor died"
+        content = result["reply"]["content"]
+        assert content["status"] == "error", result["reply"]["metadata"]
+        assert content["ename"] == "NotebookOSExecutorLost"
+        assert "last completed cell" in content["evalue"]
+        # The kernel keeps serving, with the state of the last committed cell.
+        assert value(kc, "state") == "{'n': 1}"
+        assert value(kc, "state['n'] += 1\nstate['n']") == "2"
+    finally:
+        kc.stop_channels()
+
+
+def test_kill_the_router_and_reconnect(kernel: LocalKernel) -> None:
+    kc = kernel.client()
+    try:
+        run(kc, "kept = [1, 2, 3]")
+        kernel.kill("router")
+        kernel.start_router()
+        # The same client reconnects (ZeroMQ redials the same ports) and finds the state. Output
+        # published before its IOPub socket has redialled is lost, so it may have to ask again.
+        end = time.monotonic() + 90
+        while True:
+            try:
+                assert value(kc, "sum(kept)", timeout=8) == "6"
+                break
+            except (TimeoutError, AssertionError):
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.5)
+    finally:
+        kc.stop_channels()
