@@ -51,6 +51,7 @@ class Execution:
     role: str = "pending"  # executor | standby | overloaded | aborted | duplicate
     executor: int | None = None
     grant: Granted | None = None
+    devices: tuple[str, ...] = ()  # what the grant gave, kept after its release for the reply
     refusal: str | None = None
     before: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -169,6 +170,7 @@ class ReplicaKernel(IPythonKernel):
             ex.refusal = f"node {cfg.node}: {r.reason}"
             return False
         ex.grant = r
+        ex.devices = r.devices
         return True
 
     async def _nb_release(self, ex: Execution) -> None:
@@ -394,7 +396,7 @@ class ReplicaKernel(IPythonKernel):
             "executor": ex.executor,
             "execution_id": ex.exec_id,
             "node": self.nb.cfg.node,
-            "devices": list(ex.grant.devices) if ex.grant else [],
+            "devices": list(ex.devices),
         }
 
     def finish_metadata(self, parent: Any, metadata: dict[str, Any], reply_content: dict[str, Any]) -> dict[str, Any]:
