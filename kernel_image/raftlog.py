@@ -275,7 +275,7 @@ class KernelRaft:
             appendEntriesUseBatch=False,  # send each entry at once: commit latency over throughput
             raftMinTimeout=0.3,
             raftMaxTimeout=0.7,
-            connectionTimeout=0.7,
+            connectionTimeout=5.0,  # silent peers; a killed one is seen at once (connection reset)
             connectionRetryTime=0.3,
             commandsWaitLeader=True,
             journalFile=str(data_dir / "raft.journal"),
