@@ -22,7 +22,8 @@ def api_client(kubeconfig: str | None = None) -> Any:
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and SA_NAMESPACE_FILE.exists():
         config.load_incluster_config()
         return client.ApiClient()
-    return config.new_client_from_config(config_file=kubeconfig)
+    # $KUBECONFIG is read now, not when the kubernetes package was imported.
+    return config.new_client_from_config(config_file=kubeconfig or os.environ.get("KUBECONFIG") or None)
 
 
 def default_namespace(kubeconfig: str | None = None) -> str:
@@ -33,7 +34,7 @@ def default_namespace(kubeconfig: str | None = None) -> str:
     try:
         from kubernetes import config
 
-        _, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        _, active = config.list_kube_config_contexts(config_file=kubeconfig or os.environ.get("KUBECONFIG") or None)
         return str(active["context"].get("namespace") or "default")
     except Exception:
         return "default"

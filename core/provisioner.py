@@ -139,6 +139,8 @@ class NotebookOSProvisioner(KernelProvisionerBase):
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         kwargs = await super().pre_launch(**kwargs)
+        # The kernel manager expects a command; NotebookOS never runs it locally.
+        kwargs.setdefault("cmd", list(self.kernel_spec.argv))
         cfg = self._cfg()
         self.namespace = self.namespace or cfg.get("namespace") or default_namespace(self.kubeconfig or None)
         self.connect_via = cfg.get("connect_via", self.connect_via)

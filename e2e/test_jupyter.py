@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -125,14 +124,16 @@ def _kernelspec(tmp: Path, name: str, extra: list[str]) -> Path:
     return root
 
 
-def test_provisioner_launches_runs_and_deletes(cluster: Cluster, stack: Stack, namespace: str, tmp_path: Path) -> None:
+def test_provisioner_launches_runs_and_deletes(
+    cluster: Cluster, stack: Stack, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = _kernelspec(tmp_path, "nbos", ["--namespace", namespace])
-    env = {"JUPYTER_PATH": str(root), "KUBECONFIG": str(cluster.kubeconfig)}
+    monkeypatch.setenv("JUPYTER_PATH", str(root))
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
 
     async def flow() -> None:
         from jupyter_client import AsyncKernelManager
 
-        os.environ.update(env)
         km = AsyncKernelManager(kernel_name="nbos")
         await km.start_kernel()
         name = km.provisioner.kernel_resource  # type: ignore[union-attr]
@@ -152,16 +153,19 @@ def test_provisioner_launches_runs_and_deletes(cluster: Cluster, stack: Stack, n
 
 
 def test_unschedulable_kernel_fails_the_launch_with_the_condition(
-    cluster: Cluster, stack: Stack, namespace: str, tmp_path: Path
+    cluster: Cluster, stack: Stack, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from jupyter_client import AsyncKernelManager
 
+    pool = cluster.core().list_node(label_selector="notebookos.io/gpu-pool=true").items
+    assert len(pool) < 9, "this test needs fewer than 9 GPU nodes, so that 9 replicas cannot be placed"
     root = _kernelspec(tmp_path, "nbos-huge", ["--namespace", namespace])
     spec = root / "kernels" / "nbos-huge" / "kernel.json"
     data = json.loads(spec.read_text())
     data["metadata"]["kernel_provisioner"]["config"].update({"replicas": 9, "unschedulable_timeout": 10})
     spec.write_text(json.dumps(data))
-    os.environ.update({"JUPYTER_PATH": str(root), "KUBECONFIG": str(cluster.kubeconfig)})
+    monkeypatch.setenv("JUPYTER_PATH", str(root))
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
 
     async def launch() -> None:
         km = AsyncKernelManager(kernel_name="nbos-huge")
@@ -181,9 +185,12 @@ def test_unschedulable_kernel_fails_the_launch_with_the_condition(
     )
 
 
-def test_deleted_kernel_is_seen_dead(cluster: Cluster, stack: Stack, namespace: str, tmp_path: Path) -> None:
+def test_deleted_kernel_is_seen_dead(
+    cluster: Cluster, stack: Stack, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = _kernelspec(tmp_path, "nbos-del", ["--namespace", namespace])
-    os.environ.update({"JUPYTER_PATH": str(root), "KUBECONFIG": str(cluster.kubeconfig)})
+    monkeypatch.setenv("JUPYTER_PATH", str(root))
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
 
     async def flow() -> None:
         from jupyter_client import AsyncKernelManager
@@ -211,7 +218,7 @@ def test_jupyter_server_session_over_rest_and_websocket(
     port, token = free_port(), uuid.uuid4().hex
     cluster.spawn(
         "jupyter-server",
-        [sys.executable, "-m", "jupyter_server", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+        [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}"],
         env={"JUPYTER_PATH": str(root), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
              "KUBECONFIG": str(cluster.kubeconfig)},

@@ -99,16 +99,14 @@ class Cluster:
             )
         self.procs[name] = Managed(name, proc, log)
         if ready_url:
-
-            def ready() -> bool:
+            deadline = time.monotonic() + timeout
+            while not self._http_ok(ready_url):
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.tail(name)}")
-                return self._http_ok(ready_url)
-
-            try:
-                until(ready, timeout, f"{name} to answer {ready_url}")
-            except Exception as exc:
-                raise RuntimeError(f"{exc}\n--- {name} log ---\n{self.tail(name)}") from exc
+                if time.monotonic() > deadline:
+                    log_tail = self.tail(name)
+                    raise RuntimeError(f"{name} did not answer {ready_url} in {timeout:.0f}s\n--- log ---\n{log_tail}")
+                time.sleep(0.2)
         return proc
 
     def stop(self, name: str, grace: float = 10.0) -> None:
