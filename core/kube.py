@@ -54,9 +54,18 @@ def router_pod_ip(api: Any, namespace: str, service: str) -> str | None:
     from kubernetes import client
 
     core = client.CoreV1Api(api)
-    selector = core.read_namespaced_service(service, namespace).spec.selector or {}
+    spec = core.read_namespaced_service(service, namespace).spec
+    selector = (spec.selector if spec else None) or {}
     if not selector:
         return None
+    pods = core.list_namespaced_pod(namespace, label_selector=",".join(f"{k}={v}" for k, v in selector.items()))
+    for pod in pods.items:
+        status, meta = pod.status, pod.metadata
+        if status is None or meta is None or meta.deletion_timestamp is not None or not status.pod_ip:
+            continue
+        if any(c.type == "Ready" and c.status == "True" for c in status.conditions or []):
+            return str(status.pod_ip)
+    return None
     pods = core.list_namespaced_pod(namespace, label_selector=",".join(f"{k}={v}" for k, v in selector.items()))
     for pod in pods.items:
         ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
