@@ -74,7 +74,7 @@ def serve(gpu_nodes: int) -> None:
              "-o", str(conn), "--kubeconfig", str(cluster.kubeconfig)],
             check=True, capture_output=True,
         )  # fmt: skip
-        output = run_cell(conn, "import socket\nx = 6 * 7\nprint('the answer is', x, 'from', socket.gethostname())")
+        output = run_cell(conn, "import os\nx = 6 * 7\nprint('the answer is', x, 'from pod', os.environ['HOSTNAME'])")
         READY.write_text(
             json.dumps(
                 {
