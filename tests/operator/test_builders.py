@@ -161,7 +161,9 @@ def test_replica_env_contract(cfg: OperatorConfig) -> None:
     assert last["NOTEBOOKOS_STORE_THRESHOLD"]["value"] == "10"
     assert "NOTEBOOKOS_BROKER_URL" not in last  # none configured: the kernel image then runs CPU-only
     with_broker = builders.replica_env(k, 2, 5, OperatorConfig(broker_url="http://b:1"))
-    assert {e["name"]: e for e in with_broker}["NOTEBOOKOS_BROKER_URL"]["value"] == "http://b:1"
+    broker_env = {e["name"]: e for e in with_broker}
+    assert broker_env["NOTEBOOKOS_BROKER_URL"]["value"] == "http://b:1"
+    assert broker_env["NOTEBOOKOS_BROKER_TOKEN_FILE"]["value"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
     # The key itself is never in a manifest.
     assert all("value" not in e or len(e["value"]) < 64 for e in env)
 
