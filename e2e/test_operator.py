@@ -252,7 +252,7 @@ def test_minimal_kernel_becomes_three_replicas_on_three_nodes(bed: Bed, namespac
 
     # Peers from the replicas' pod IPs (no cluster DNS), and a PDB keeping a majority.
     peers = bed.core.read_namespaced_config_map("minimal-peers", namespace).data["peers"]
-    assert peers == ",".join(f"{r['spec']['replicaId']}={r['status']['podIp']}:7000" for r in replicas), peers
+    assert peers == ",".join(f"{r['spec']['replicaId']}={r['status']['podIP']}:7000" for r in replicas), peers
     pdb = client.PolicyV1Api(bed.cluster.api()).read_namespaced_pod_disruption_budget("minimal", namespace)
     assert pdb.spec.min_available == 2
     router = bed.core.read_namespaced_pod("minimal-router", namespace)

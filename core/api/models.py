@@ -367,7 +367,8 @@ class KernelReplicaStatus(StatusModel):
     )
     pod_name: str | None = Field(None, description="The replica's current pod.")
     node_name: str | None = Field(None, description="The node the pod runs on.")
-    pod_ip: str | None = Field(None, description="The pod's IP, where peers reach its Raft port.")
+    # Kubernetes spells it podIP (as in PodStatus), not the camel-case generator's podIp.
+    pod_ip: str | None = Field(None, alias="podIP", description="The pod's IP, where peers reach its Raft port.")
     raft: RaftStatus | None = Field(None, description="Raft state reported by the replica.")
     gpu_binding: GpuBinding | None = Field(None, description="Current GPU grant, absent when the replica holds none.")
     last_heartbeat: datetime | None = Field(None, description="When the replica last reported.")

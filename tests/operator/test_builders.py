@@ -92,9 +92,9 @@ def test_bad_peer_entries_are_named(bad: str) -> None:
 
 def test_peer_addresses_come_from_replica_status() -> None:
     replicas = [
-        replica_model(rid=1, podIp="10.0.0.1"),
+        replica_model(rid=1, podIP="10.0.0.1"),
         replica_model(rid=2),
-        replica_model(rid=3, podIp="10.0.0.3"),
+        replica_model(rid=3, podIP="10.0.0.3"),
     ]
     assert builders.peer_addresses(replicas) == {1: "10.0.0.1", 3: "10.0.0.3"}
 

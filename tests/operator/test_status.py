@@ -169,7 +169,7 @@ def test_unschedulable_pod_gives_the_schedulers_reason() -> None:
 
 def test_replica_without_pod_keeps_the_gpu_binding() -> None:
     binding = {"node": "n1", "devices": ["GPU-1"], "executionId": "e", "since": "2026-01-01T00:00:00Z"}
-    r = replica_model(podName="old", nodeName="n1", podIp="1.2.3.4", incarnation=2, gpuBinding=binding)
+    r = replica_model(podName="old", nodeName="n1", podIP="1.2.3.4", incarnation=2, gpuBinding=binding)
     s = st.replica_status(r, None, 3, T0)
     assert s.phase == ReplicaPhase.PENDING and s.pod_name is None and s.node_name is None and s.pod_ip is None
     assert s.incarnation == 3
