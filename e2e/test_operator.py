@@ -218,7 +218,7 @@ def test_minimal_kernel_becomes_three_replicas_on_three_nodes(bed: Bed, namespac
         pod = by_pod[r["status"]["podName"]]
         assert r["status"]["phase"] == "Ready"
         assert r["status"]["nodeName"] == pod.spec.node_name
-        assert r["status"]["podIp"] == pod.status.pod_ip
+        assert r["status"]["podIP"] == pod.status.pod_ip
         assert r["status"]["incarnation"] == 1
 
     # The replica pod as specified: own scheduler, no GPU request, anti-affinity, hardened.
