@@ -28,6 +28,7 @@ KERNEL_LABEL = f"{DOMAIN}/kernel"  # value: kernel name
 REPLICA_ID_LABEL = f"{DOMAIN}/replica-id"  # value: Raft id
 COMPONENT_LABEL = f"{DOMAIN}/component"  # replica | router
 REPLICA_GPUS_ANNOTATION = f"{DOMAIN}/gpus"  # per-cell GPUs of the kernel, read by the extender
+REPLICA_GPU_MEMORY_ANNOTATION = f"{DOMAIN}/gpu-memory"  # bytes each GPU must have (spec.resources.gpuMemory)
 MANAGED_BY = "notebookos-operator"
 
 # e2e only: pods with this label on kwok nodes are started as local processes by the process runner.

@@ -9,8 +9,10 @@ import secrets
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from kubernetes.utils import parse_quantity
+
 from notebookos import labels
-from notebookos.api import API_VERSION, GROUP, KernelReplica, KernelReplicaSpec, NotebookKernel
+from notebookos.api import API_VERSION, GROUP, KernelReplica, KernelReplicaSpec, KernelResources, NotebookKernel
 
 from . import naming
 from .config import CHANNELS, OperatorConfig
@@ -336,6 +338,14 @@ def _scratch_volume() -> tuple[list[Manifest], list[Manifest]]:
     return [{"name": "scratch", "emptyDir": {}}], [{"name": "scratch", "mountPath": SCRATCH_DIR}]
 
 
+def replica_annotations(res: KernelResources) -> dict[str, str]:
+    """What the extender reads to place a replica: GPUs per cell and, if set, GPU memory in bytes."""
+    out = {labels.REPLICA_GPUS_ANNOTATION: str(res.gpus)}
+    if res.gpu_memory is not None:
+        out[labels.REPLICA_GPU_MEMORY_ANNOTATION] = str(int(parse_quantity(res.gpu_memory)))
+    return out
+
+
 def replica_pod(kernel: NotebookKernel, replica: Mapping[str, Any], incarnation: int, cfg: OperatorConfig) -> Manifest:
     """The pod of one replica incarnation, owned by its KernelReplica.
 
@@ -380,7 +390,7 @@ def replica_pod(kernel: NotebookKernel, replica: Mapping[str, Any], incarnation:
             "name": naming.replica_pod_name(kname, rid, incarnation),
             "namespace": kernel.metadata.namespace,
             "labels": pod_labels,
-            "annotations": {labels.REPLICA_GPUS_ANNOTATION: str(res.gpus)},
+            "annotations": replica_annotations(res),
             "ownerReferences": [owner_reference(replica)],
         },
         "spec": {

@@ -313,3 +313,14 @@ def test_builders_refuse_a_kernel_without_a_name(owner: dict, cfg: OperatorConfi
         builders.router_service(k, owner, cfg)
     with pytest.raises(ValueError, match=r"no metadata\.name"):
         builders.router_pod(k, owner, "", cfg)
+
+
+def test_replica_annotations_carry_gpu_memory_in_bytes() -> None:
+    from notebookos.api import KernelResources
+    from notebookos.operator.builders import replica_annotations
+
+    assert replica_annotations(KernelResources(gpus=2)) == {"notebookos.io/gpus": "2"}
+    assert replica_annotations(KernelResources(gpus=1, gpu_memory="40Gi")) == {
+        "notebookos.io/gpus": "1",
+        "notebookos.io/gpu-memory": str(40 * 2**30),
+    }
