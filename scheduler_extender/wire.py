@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from notebookos.labels import KERNEL_LABEL, REPLICA_GPUS_ANNOTATION
+from notebookos.labels import KERNEL_LABEL, REPLICA_GPU_MEMORY_ANNOTATION, REPLICA_GPUS_ANNOTATION
 from notebookos.policy.placement import DEFAULT_REPLICAS, ReplicaRequest
 
 
@@ -133,7 +133,23 @@ def replica_request(pod: dict[str, Any], replicas: int = DEFAULT_REPLICAS) -> Re
     if not kernel or REPLICA_GPUS_ANNOTATION not in annotations:
         return None
     gpus = parse_gpus(annotations[REPLICA_GPUS_ANNOTATION])
-    return ReplicaRequest(kernel=f"{meta.get('namespace') or 'default'}/{kernel}", gpus=gpus, replicas=replicas)
+    memory = annotations.get(REPLICA_GPU_MEMORY_ANNOTATION)
+    gpu_memory: int | None = None
+    if memory is not None:
+        try:
+            gpu_memory = int(memory.strip())
+        except ValueError:
+            raise ValueError(
+                f"annotation {REPLICA_GPU_MEMORY_ANNOTATION}={memory!r} is not a number of bytes"
+            ) from None
+        if gpu_memory < 0:
+            raise ValueError(f"annotation {REPLICA_GPU_MEMORY_ANNOTATION}={memory!r} must be >= 0")
+    return ReplicaRequest(
+        kernel=f"{meta.get('namespace') or 'default'}/{kernel}",
+        gpus=gpus,
+        replicas=replicas,
+        gpu_memory_bytes=gpu_memory,
+    )
 
 
 def filter_result(

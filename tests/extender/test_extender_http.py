@@ -158,3 +158,19 @@ def test_filter_stops_waiting_for_a_pod_that_never_binds(server_thread) -> None:
     started = time.monotonic()  # the same pod retried does not wait for itself
     requests.post(f"{srv.url}/filter", json={"Pod": replica_pod("b"), "NodeNames": ["n0"]}, timeout=10)
     assert time.monotonic() - started < 0.3
+
+
+def test_gpu_memory_requirement(server_thread) -> None:
+    """The operator's notebookos.io/gpu-memory annotation (bytes per GPU) against the inventory."""
+    _, srv = start(server_thread, cluster(1, 8))  # H100s of 81559 MiB
+
+    def filt(memory: str) -> dict:
+        pod = replica_pod("k")
+        pod["metadata"]["annotations"]["notebookos.io/gpu-memory"] = memory
+        return requests.post(f"{srv.url}/filter", json={"Pod": pod, "NodeNames": ["n0"]}, timeout=10).json()
+
+    assert filt(str(40 * 2**30))["NodeNames"] == ["n0"]
+    big = filt(str(100 * 2**30))
+    assert big["NodeNames"] == [] and "bytes of memory" in big["FailedNodes"]["n0"]
+    bad = filt("40Gi")
+    assert "is not a number of bytes" in bad["FailedAndUnresolvableNodes"]["n0"]
