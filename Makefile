@@ -35,10 +35,10 @@ typecheck: venv  ## mypy over the package
 	$(BIN)/mypy -p notebookos
 
 crds: venv  ## regenerate crds/ from the API models
-	$(BIN)/notebookos crds --out crds
+	$(BIN)/notebookos crds --out crds --out charts/notebookos/crds
 
 unit: venv  ## unit and integration tests (real processes, no cluster)
-	$(BIN)/notebookos crds --out crds --check
+	$(BIN)/notebookos crds --out crds --out charts/notebookos/crds --check
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
 toolchain:  ## build (or reuse) the real control plane for the e2e tier

@@ -55,9 +55,11 @@ def test_invalid_examples_are_documented() -> None:
 
 
 def test_committed_crds_match_models() -> None:
-    for name, text in all_crds().items():
-        committed = (ROOT / "crds" / name).read_text()
-        assert committed == text, f"crds/{name} drifted from core/api/models.py: run `notebookos crds`"
+    # The repository's crds/ and the Helm chart's copy (Helm installs charts/notebookos/crds/).
+    for folder in ("crds", "charts/notebookos/crds"):
+        for name, text in all_crds().items():
+            committed = (ROOT / folder / name).read_text()
+            assert committed == text, f"{folder}/{name} drifted from core/api/models.py: run `make crds`"
 
 
 def test_drift_is_detected() -> None:
@@ -142,6 +144,17 @@ def test_cli_check_reports_drift(tmp_path: Path) -> None:
     assert main(["crds", "--out", str(tmp_path), "--check"]) == 0
     (tmp_path / "notebookkernels.yaml").write_text("stale\n")
     assert main(["crds", "--out", str(tmp_path), "--check"]) == 1
+
+
+def test_cli_checks_every_out_folder(tmp_path: Path) -> None:
+    """`--out` repeats (crds/ and the chart's copy): a stale second folder fails the check."""
+    from notebookos.cli import main
+
+    first, second = tmp_path / "crds", tmp_path / "chart"
+    assert main(["crds", "--out", str(first), "--out", str(second)]) == 0
+    assert main(["crds", "--out", str(first), "--out", str(second), "--check"]) == 0
+    (second / "kernelreplicas.yaml").write_text("stale\n")
+    assert main(["crds", "--out", str(first), "--out", str(second), "--check"]) == 1
 
 
 def test_models_refuse_even_replicas_with_the_crd_message() -> None:
