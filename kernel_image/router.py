@@ -216,18 +216,23 @@ class Router:
     async def _forward_one_async(
         self, channel: str, idents: list[bytes], msg: dict[str, Any], rest: list[bytes], to: Replica | None
     ) -> None:
-        r = to or self._primary()
-        end = time.monotonic() + 30
-        while r is None and time.monotonic() < end:  # replicas still starting, or one restarting
-            await asyncio.sleep(0.1)
-            r = self._primary()
         msg_id = msg["header"]["msg_id"]
-        if r is None or not self._send_raw(r.sockets[channel], [], rest):
-            self._reply_error(channel, idents, msg, EXECUTOR_LOST, "no replica of this kernel is reachable right now")
-            return
-        self.requests[msg_id] = (channel, idents, r.rid)
-        log.debug("forwarded %s %s to replica %d", channel, msg["header"]["msg_type"], r.rid)
-        self._trim_requests()
+        # Replicas may still be starting, or one restarting (its heartbeat can answer before its
+        # other channels are connected): keep trying the preferred replica, then the others.
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            primary = to or self._primary()
+            order = [primary] if primary else []
+            if to is None:
+                order += [r for r in self._alive() if r is not primary]
+            for r in order:
+                if self._send_raw(r.sockets[channel], [], rest):
+                    self.requests[msg_id] = (channel, idents, r.rid)
+                    log.debug("forwarded %s %s to replica %d", channel, msg["header"]["msg_type"], r.rid)
+                    self._trim_requests()
+                    return
+            await asyncio.sleep(0.1)
+        self._reply_error(channel, idents, msg, EXECUTOR_LOST, "no replica of this kernel is reachable right now")
 
     def _trim_requests(self) -> None:
         while len(self.requests) > 2048:
