@@ -116,6 +116,14 @@ class LocalKernel:
         }
         return self._spawn(f"replica-{rid}", "notebookos.kernel.replica", env)
 
+    def move_replica(self, rid: int) -> subprocess.Popen[bytes]:
+        """Kill replica rid and start it again at a new Raft address, as a pod replaced on another
+        node would be: only the new process knows the new address; the others learn it through
+        the router."""
+        self.kill(f"replica-{rid}")
+        self.raft_ports[rid] = free_port_block(1)
+        return self.start_replica(rid)
+
     def start_router(self) -> subprocess.Popen[bytes]:
         env = {
             "NOTEBOOKOS_REPLICAS": ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.jupyter_ports.items()),

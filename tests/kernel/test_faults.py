@@ -105,3 +105,16 @@ def test_kill_the_router_and_reconnect(kernel: LocalKernel) -> None:
                 time.sleep(0.5)
     finally:
         kc.stop_channels()
+
+
+def test_replica_moved_to_a_new_address_rejoins(kernel: LocalKernel) -> None:
+    kc = kernel.client()
+    try:
+        run(kc, "moved = 'state before the move'")
+        # Replica 1 has the smallest Raft id: the others dial it, so they must learn its new address.
+        kernel.move_replica(1)
+        until_serves(kc, 1, timeout=90)
+        assert value(kc, "moved", target=1) == "'state before the move'"
+        assert "updating" in kernel.log("router")
+    finally:
+        kc.stop_channels()
