@@ -32,6 +32,7 @@ from jupyter_client.session import Session
 
 from notebookos.kernel.broker import BrokerClient, Granted, broker_from_config
 from notebookos.kernel.config import Address, ConfigError, RouterConfig, channel_ports, parse_address
+from notebookos.kernel.report import KubeReporter, LogReporter, Reporter
 
 log = logging.getLogger("notebookos.kernel.router")
 DELIM = b"<IDS|MSG>"
@@ -71,8 +72,9 @@ class Execution:
 
 
 class Router:
-    def __init__(self, cfg: RouterConfig, broker: BrokerClient | None = None) -> None:
+    def __init__(self, cfg: RouterConfig, broker: BrokerClient | None = None, reporter: Reporter | None = None) -> None:
         self.cfg = cfg
+        self.reporter: Reporter = reporter or LogReporter()
         self.session = Session(key=cfg.key, signature_scheme="hmac-sha256", username="notebookos-router")
         self.broker = broker if broker is not None else broker_from_config(cfg.broker)
         self.ctx = zmq.asyncio.Context()
@@ -233,6 +235,11 @@ class Router:
                     return
             await asyncio.sleep(0.1)
         self._reply_error(channel, idents, msg, EXECUTOR_LOST, "no replica of this kernel is reachable right now")
+
+    def _background(self, aw: Any) -> None:
+        task = asyncio.ensure_future(aw)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _trim_requests(self) -> None:
         while len(self.requests) > 2048:
@@ -405,12 +412,15 @@ class Router:
             nb = (rmsg.get("metadata") or {}).get("notebookos") or {}
             if nb.get("role") == "executor":
                 self.last_executor = nb.get("replica")
+                self._background(asyncio.to_thread(self.reporter.served))
                 try:
                     await asyncio.wait_for(ex.executor_idle.wait(), 2.0)
                 except TimeoutError:
                     pass
             elif nb.get("role") == "overloaded":
                 self.overloads += 1
+                evalue = str(rmsg["content"].get("evalue", ""))
+                self._background(asyncio.to_thread(self.reporter.overloaded, evalue))
                 log.warning(
                     json.dumps(
                         {
@@ -694,7 +704,14 @@ def main() -> int:
     except ConfigError as e:
         print(f"notebookos router: {e}", file=sys.stderr)
         return 2
-    router = Router(cfg)
+    reporter: Reporter = LogReporter()
+    namespace = os.environ.get("NOTEBOOKOS_NAMESPACE", "").strip()
+    if namespace:
+        try:
+            reporter = KubeReporter.in_cluster(namespace, cfg.kernel)
+        except Exception as e:  # not in a pod after all: the log line stays the report
+            log.warning("no Kubernetes API for overload reports (%s); logging them only", e)
+    router = Router(cfg, reporter=reporter)
 
     async def go() -> None:
         loop = asyncio.get_running_loop()
