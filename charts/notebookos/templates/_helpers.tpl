@@ -1,0 +1,43 @@
+{{/* Labels every object of the chart carries; "component" is the app.kubernetes.io/name. */}}
+{{- define "notebookos.labels" -}}
+app.kubernetes.io/name: {{ .component }}
+app.kubernetes.io/part-of: notebookos
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
+{{- end }}
+
+{{/* Pod-level security: never root, the runtime's default seccomp profile. */}}
+{{- define "notebookos.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .runAsUser | default 1000 }}
+runAsGroup: {{ .runAsUser | default 1000 }}
+seccompProfile: {type: RuntimeDefault}
+{{- end }}
+
+{{/* Container-level security: read-only root filesystem, no capabilities, no escalation. */}}
+{{- define "notebookos.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities: {drop: [ALL]}
+{{- end }}
+
+{{/* The broker's in-cluster URL, what kernel pods and the node agent call. */}}
+{{- define "notebookos.brokerUrl" -}}
+{{- if .Values.operator.brokerUrl -}}
+{{ .Values.operator.brokerUrl }}
+{{- else if .Values.broker.enabled -}}
+{{ printf "http://notebookos-broker.%s.svc:%d" .Release.Namespace (int .Values.broker.port) }}
+{{- end -}}
+{{- end }}
+
+{{/* The node agent's user name, which the broker treats as an admin (it lists every grant). */}}
+{{- define "notebookos.nodeAgentUser" -}}
+{{ printf "system:serviceaccount:%s:notebookos-node-agent" .Release.Namespace }}
+{{- end }}
+
+{{/* RuntimeClass exposing the node's GPUs (NVIDIA container runtime); empty: the default one. */}}
+{{- define "notebookos.gpuRuntimeClass" -}}
+{{ .Values.operator.runtimeClass | default .Values.gpuRuntimeClassName }}
+{{- end }}
