@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -35,12 +36,14 @@ from notebookos.kernel import gpu
 from notebookos.kernel.broker import BrokerClient, Granted, Refused, broker_from_config
 from notebookos.kernel.config import ConfigError, ReplicaConfig, channel_ports
 from notebookos.kernel.raftlog import FAILED, BlobRef, KernelRaft, RaftError
+from notebookos.kernel.report import LogReporter, reporter_from_env
 from notebookos.kernel.statesync import StateTracker
 from notebookos.kernel.store import ObjectStore
 
 log = logging.getLogger("notebookos.kernel.replica")
 
 OVERLOADED = "NotebookOSOverloaded"
+STATUS_PERIOD = 10.0
 EXECUTOR_LOST = "NotebookOSExecutorLost"
 
 
@@ -68,6 +71,22 @@ class Runtime:
         self.changed: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.raft = KernelRaft(cfg.replica_id, cfg.peers, cfg.raft_bind, cfg.data_dir / "raft", self._on_change)
+        self.reporter = reporter_from_env(cfg.kernel)
+        if not isinstance(self.reporter, LogReporter):
+            threading.Thread(target=self._report_loop, name="notebookos-status", daemon=True).start()
+
+    def _report_loop(self) -> None:
+        """The replica's own status fields (Raft view, heartbeat), every STATUS_PERIOD seconds."""
+        while True:
+            try:
+                st = self.raft.obj.getStatus()
+                leader = self.raft.leader()
+                role = "Leader" if leader == self.cfg.replica_id else "Follower" if leader else "Candidate"
+                raft = {"role": role, "term": int(st.get("raft_term", 0)), "commitIndex": int(st.get("commit_idx", 0))}
+                self.reporter.replica(self.cfg.replica_id, raft)
+            except Exception:
+                log.exception("reporting the replica's status")
+            time.sleep(STATUS_PERIOD)
 
     def _on_change(self) -> None:
         loop, ev = self.loop, self.changed

@@ -22,6 +22,10 @@ class Reporter(Protocol):
 
     def served(self) -> None: ...
 
+    def activity(self, executor: int, cells: int, when: str) -> None: ...
+
+    def replica(self, replica: int, raft: dict[str, Any]) -> None: ...
+
 
 class LogReporter:
     """Outside a cluster: the JSON log line is the report."""
@@ -32,8 +36,14 @@ class LogReporter:
     def served(self) -> None:
         pass
 
+    def activity(self, executor: int, cells: int, when: str) -> None:
+        pass
 
-def _now() -> str:
+    def replica(self, replica: int, raft: dict[str, Any]) -> None:
+        pass
+
+
+def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -67,8 +77,33 @@ class KubeReporter:
         except Exception as e:
             log.warning("could not clear %s of %s: %s", CONDITION, self.kernel, e)
 
+    def activity(self, executor: int, cells: int, when: str) -> None:
+        """NotebookKernel status fields the router owns: who ran the last cell, how many cells,
+        when the last one finished (the operator's idle timeout reads it). Scalars only, so a
+        merge patch cannot undo anyone else's change."""
+        body = {"status": {"executor": f"{self.kernel}-{executor}", "cells": cells, "lastActivity": when}}
+        self._merge_status(f"notebookkernels/{self.kernel}", body)
+
+    def replica(self, replica: int, raft: dict[str, Any]) -> None:
+        """KernelReplica status fields the replica owns: its Raft view and a heartbeat."""
+        body = {"status": {"raft": raft, "lastHeartbeat": now_rfc3339()}}
+        self._merge_status(f"kernelreplicas/{self.kernel}-{replica}", body)
+
+    def _merge_status(self, url: str, body: dict[str, Any]) -> None:
+        try:
+            r = self.api.patch(
+                url=f"{url}/status",
+                version=GROUP_VERSION,
+                namespace=self.namespace,
+                json=body,
+                headers={"Content-Type": "application/merge-patch+json"},
+            )
+            r.raise_for_status()
+        except Exception as e:
+            log.warning("could not update the status of %s: %s", url, e)
+
     def _event(self, reason: str, message: str) -> None:
-        now = _now()
+        now = now_rfc3339()
         body = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -100,7 +135,7 @@ class KubeReporter:
             old = next(
                 (c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == CONDITION), None
             )
-            since = old["lastTransitionTime"] if old and old.get("status") == status else _now()
+            since = old["lastTransitionTime"] if old and old.get("status") == status else now_rfc3339()
             conds.append(
                 {
                     "type": CONDITION,
@@ -125,3 +160,17 @@ class KubeReporter:
                 r.raise_for_status()
                 return
         raise RuntimeError(f"{CONDITION} of {self.kernel}: the status kept changing (409 three times)")
+
+
+def reporter_from_env(kernel: str) -> Reporter:
+    """KubeReporter in a pod (NOTEBOOKOS_NAMESPACE set and a service account), else LogReporter."""
+    import os
+
+    namespace = os.environ.get("NOTEBOOKOS_NAMESPACE", "").strip()
+    if not namespace:
+        return LogReporter()
+    try:
+        return KubeReporter.in_cluster(namespace, kernel)
+    except Exception as e:
+        log.warning("no Kubernetes API for status reports (%s); logging only", e)
+        return LogReporter()

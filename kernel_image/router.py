@@ -32,13 +32,14 @@ from jupyter_client.session import Session
 
 from notebookos.kernel.broker import BrokerClient, Granted, broker_from_config
 from notebookos.kernel.config import Address, ConfigError, RouterConfig, channel_ports, parse_address
-from notebookos.kernel.report import KubeReporter, LogReporter, Reporter
+from notebookos.kernel.report import LogReporter, Reporter, now_rfc3339, reporter_from_env
 
 log = logging.getLogger("notebookos.kernel.router")
 DELIM = b"<IDS|MSG>"
 HB_PERIOD = 0.3
 HB_DEAD_AFTER = 1.5
 STARTUP_GRACE = 60.0
+ACTIVITY_PERIOD = 5.0
 OVERLOADED = "NotebookOSOverloaded"
 EXECUTOR_LOST = "NotebookOSExecutorLost"
 
@@ -89,6 +90,7 @@ class Router:
         self.requests: dict[str, tuple[str, list[bytes], int]] = {}
         self.half_done: set[str] = set()
         self.shutdown_acks: set[int] = set()
+        self.activity: tuple[int, int, str] | None = None  # executor, cells, when: for the status
         self.last_executor: int | None = None
         self.stopping = asyncio.Event()
         self.dropped = 0
@@ -413,6 +415,8 @@ class Router:
             if nb.get("role") == "executor":
                 self.last_executor = nb.get("replica")
                 self._background(asyncio.to_thread(self.reporter.served))
+                count = rmsg["content"].get("execution_count")
+                self.activity = (int(nb["replica"]), int(count) if isinstance(count, int) else 0, now_rfc3339())
                 try:
                     await asyncio.wait_for(ex.executor_idle.wait(), 2.0)
                 except TimeoutError:
@@ -656,6 +660,16 @@ class Router:
         finally:
             sock.close(linger=0)
 
+    async def report_activity(self) -> None:
+        """Write the last cell's executor, count and time to the kernel's status, at most every
+        few seconds (a busy notebook must not flood the API server)."""
+        sent = None
+        while True:
+            await asyncio.sleep(ACTIVITY_PERIOD)
+            if self.activity is not None and self.activity != sent:
+                sent = self.activity
+                await asyncio.to_thread(self.reporter.activity, *sent)
+
     async def _supervise(self, name: str, factory: Any) -> None:
         """Run a channel loop; log and restart it if it fails, so one bad message cannot silence
         a channel."""
@@ -679,6 +693,7 @@ class Router:
             ("client heartbeat", self.client_hb),
             ("executions", self.executions),
             ("probes", self.probes),
+            ("activity report", self.report_activity),
         ]
         for r in self.replicas.values():
             loops += [
@@ -704,13 +719,7 @@ def main() -> int:
     except ConfigError as e:
         print(f"notebookos router: {e}", file=sys.stderr)
         return 2
-    reporter: Reporter = LogReporter()
-    namespace = os.environ.get("NOTEBOOKOS_NAMESPACE", "").strip()
-    if namespace:
-        try:
-            reporter = KubeReporter.in_cluster(namespace, cfg.kernel)
-        except Exception as e:  # not in a pod after all: the log line stays the report
-            log.warning("no Kubernetes API for overload reports (%s); logging them only", e)
+    reporter = reporter_from_env(cfg.kernel)
     router = Router(cfg, reporter=reporter)
 
     async def go() -> None:

@@ -15,6 +15,7 @@ import pytest
 from notebookos.kernel.report import KubeReporter
 
 BASE = "/apis/notebookos.io/v1alpha1/namespaces/ns/notebookkernels/nb1"
+REPLICA = "/apis/notebookos.io/v1alpha1/namespaces/ns/kernelreplicas/nb1-2"
 
 
 class FakeApi:
@@ -24,6 +25,7 @@ class FakeApi:
             "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Running"}]},
         }
         self.events: list[dict[str, Any]] = []
+        self.replica_status: dict[str, Any] = {}
         self.conflicts = 1  # the first status patch meets a concurrent writer
         outer = self
 
@@ -55,8 +57,14 @@ class FakeApi:
 
             def do_PATCH(self) -> None:
                 body = self._body()
+                if self.path == REPLICA + "/status":
+                    outer.replica_status.update(body["status"])
+                    return self._send(200, {})
                 if self.path != BASE + "/status":
                     return self._send(404, {})
+                if "metadata" not in body:  # a merge patch of scalar fields, no compare-and-swap
+                    outer.kernel["status"].update(body["status"])
+                    return self._send(200, outer.kernel)
                 if (
                     outer.conflicts
                     or body["metadata"]["resourceVersion"] != outer.kernel["metadata"]["resourceVersion"]
@@ -113,3 +121,14 @@ def test_unreachable_api_is_logged_not_raised(caplog: pytest.LogCaptureFixture) 
     rep = KubeReporter(pykube.HTTPClient(pykube.KubeConfig.from_url("http://127.0.0.1:9"), timeout=1), "ns", "nb1")
     rep.overloaded("overloaded")
     assert "could not report the overload of nb1" in caplog.text
+
+
+def test_activity_and_replica_status(api: FakeApi) -> None:
+    rep = KubeReporter(pykube.HTTPClient(pykube.KubeConfig.from_url(api.url)), "ns", "nb1")
+    rep.activity(2, 7, "2026-01-01T00:00:00Z")
+    st = api.kernel["status"]
+    assert (st["executor"], st["cells"], st["lastActivity"]) == ("nb1-2", 7, "2026-01-01T00:00:00Z")
+    assert st["conditions"][0]["type"] == "Ready", "the rest of the status is untouched"
+    rep.replica(2, {"role": "Leader", "term": 3, "commitIndex": 40})
+    assert api.replica_status["raft"] == {"role": "Leader", "term": 3, "commitIndex": 40}
+    assert api.replica_status["lastHeartbeat"].endswith("Z")
