@@ -37,9 +37,9 @@ typecheck: venv  ## mypy over the package
 crds: venv  ## regenerate crds/ from the API models
 	$(BIN)/notebookos crds --out crds --out charts/notebookos/crds
 
-unit: venv  ## unit and integration tests (real processes, no cluster)
+unit: venv toolchain  ## unit and integration tests (real processes, no cluster; helm renders the chart)
 	$(BIN)/notebookos crds --out crds --out charts/notebookos/crds --check
-	$(BIN)/pytest tests $(PYTEST_ARGS)
+	NOTEBOOKOS_K8S_BIN=$$(bash e2e/toolchain/build.sh) $(BIN)/pytest tests $(PYTEST_ARGS)
 
 toolchain:  ## build (or reuse) the real control plane for the e2e tier
 	bash e2e/toolchain/build.sh
