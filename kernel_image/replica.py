@@ -307,6 +307,15 @@ class ReplicaKernel(IPythonKernel):
             await super().execute_request(stream, ident, parent)  # runs do_execute, sends the reply
         finally:
             self._nb_exec = None
+        # All output is flushed and the reply sent: the router may tell the client the kernel is
+        # idle now, while this replica commits the cell's state (the next request waits for it).
+        self._sess.send(
+            self.iopub_socket,
+            "notebookos_done",
+            {"replica": self.nb.cfg.replica_id, "execution_id": ex.exec_id},
+            parent=parent,
+            ident=self._topic("notebookos_done"),
+        )
         await self._nb_sync(ex, code)
 
     async def _nb_sync(self, ex: Execution, code: str) -> None:

@@ -521,6 +521,10 @@ class Router:
                 if mtype == "notebookos_lead":
                     cur.executor = r.rid
                     continue
+                if mtype == "notebookos_done":  # all its output is out; its state commit follows
+                    if cur.executor == r.rid:
+                        cur.executor_idle.set()
+                    continue
                 if cur.executor != r.rid:
                     continue
                 if mtype == "status":
