@@ -118,3 +118,29 @@ def test_replica_moved_to_a_new_address_rejoins(kernel: LocalKernel) -> None:
         assert "updating" in kernel.log("router")
     finally:
         kc.stop_channels()
+
+
+def test_kill_a_standby_during_a_cell(kernel: LocalKernel) -> None:
+    kc = kernel.client()
+    try:
+        until_serves(kc, 1)
+        result: dict[str, Any] = {}
+
+        def long_cell() -> None:
+            result["reply"], result["out"] = run(
+                kc,
+                "import time\ntime.sleep(3)\ntotal = 5\nprint('done')",
+                timeout=90,
+                metadata={"notebookos_target": 1},
+            )
+
+        t = threading.Thread(target=long_cell)
+        t.start()
+        time.sleep(1.0)
+        kernel.kill("replica-3")
+        t.join(timeout=90)
+        assert result["reply"]["content"]["status"] == "ok"
+        assert text_of(result["out"]) == "done\n"
+        assert value(kc, "total + 1", target=2) == "6", "the surviving standby has the cell's state"
+    finally:
+        kc.stop_channels()
