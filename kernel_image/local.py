@@ -286,6 +286,18 @@ def run(
             return reply, out
 
 
+def wait_serving(kc: Any, rid: int, timeout: float = 60) -> None:
+    """Wait until replica rid is up and runs a cell targeted at it."""
+    end = time.monotonic() + timeout
+    while True:
+        reply, _ = run(kc, "None", timeout=timeout, metadata={"notebookos_target": rid})
+        if (reply["metadata"].get("notebookos") or {}).get("replica") == rid:
+            return
+        if time.monotonic() > end:
+            raise AssertionError(f"replica {rid} did not come up in {timeout}s")
+        time.sleep(0.3)
+
+
 def text_of(out: list[dict[str, Any]]) -> str:
     """What a notebook would show for these IOPub messages, as text."""
     parts = []

@@ -37,7 +37,7 @@ from notebookos.kernel.report import LogReporter, Reporter, now_rfc3339, reporte
 log = logging.getLogger("notebookos.kernel.router")
 DELIM = b"<IDS|MSG>"
 HB_PERIOD = 0.3
-HB_DEAD_AFTER = 1.5
+HB_DEAD_AFTER = 3.0  # generous: a replica busy loading state may answer pings late
 STARTUP_GRACE = 60.0
 ACTIVITY_PERIOD = 5.0
 OVERLOADED = "NotebookOSOverloaded"

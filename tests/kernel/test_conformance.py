@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from jupyter_client.manager import KernelManager
 
-from notebookos.kernel.local import LocalKernel, run, text_of
+from notebookos.kernel.local import LocalKernel, run, text_of, wait_serving
 
 TRAINING = [
     "import numpy as np\nrng = np.random.default_rng(0)\nX = rng.normal(size=(256, 4))\n"
@@ -105,6 +105,10 @@ def plain(notebooks: dict[str, list[str]]) -> dict[str, list[tuple[str, str, int
 def rotating(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKernel]:
     # A small threshold so that arrays and frames go through the object store.
     k = LocalKernel(tmp_path_factory.mktemp("conf"), target_policy="rotate", threshold=2048).start()
+    kc = k.client()
+    for rid in (1, 2, 3):  # all three up, so that the executor can change at every cell
+        wait_serving(kc, rid)
+    kc.stop_channels()
     yield k
     k.stop()
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from notebookos.kernel.local import LocalKernel, run, text_of
+from notebookos.kernel.local import LocalKernel, run, text_of, wait_serving
 
 
 @pytest.fixture
@@ -28,17 +28,6 @@ def value(kc: Any, expr: str, target: int | None = None, timeout: float = 60) ->
     return text_of(out).strip()
 
 
-def until_serves(kc: Any, rid: int, timeout: float = 60) -> None:
-    """Wait until replica rid is up and runs a cell targeted at it."""
-    end = time.monotonic() + timeout
-    while True:
-        reply, _ = run(kc, "None", metadata={"notebookos_target": rid})
-        if reply["metadata"].get("notebookos", {}).get("replica") == rid:
-            return
-        assert time.monotonic() < end, f"replica {rid} did not come up"
-        time.sleep(0.5)
-
-
 def test_kill_a_replica_between_cells_then_restart_it(kernel: LocalKernel) -> None:
     kc = kernel.client()
     try:
@@ -50,7 +39,7 @@ def test_kill_a_replica_between_cells_then_restart_it(kernel: LocalKernel) -> No
         assert value(kc, "items") == "['a', 'b']"
         # The restarted replica catches up from its journal and the others, then serves a cell.
         kernel.start_replica(victim)
-        until_serves(kc, victim)
+        wait_serving(kc, victim)
         assert value(kc, "(x, items)", target=victim) == "(42, ['a', 'b'])"
     finally:
         kc.stop_channels()
@@ -61,7 +50,7 @@ def test_kill_the_executor_during_a_cell(kernel: LocalKernel) -> None:
     try:
         run(kc, "state = {'n': 1}")
         target = 2
-        until_serves(kc, target)
+        wait_serving(kc, target)
         result: dict[str, Any] = {}
 
         def long_cell() -> None:
@@ -113,7 +102,7 @@ def test_replica_moved_to_a_new_address_rejoins(kernel: LocalKernel) -> None:
         run(kc, "moved = 'state before the move'")
         # Replica 1 has the smallest Raft id: the others dial it, so they must learn its new address.
         kernel.move_replica(1)
-        until_serves(kc, 1, timeout=90)
+        wait_serving(kc, 1, timeout=90)
         assert value(kc, "moved", target=1) == "'state before the move'"
         assert "updating" in kernel.log("router")
     finally:
@@ -123,7 +112,7 @@ def test_replica_moved_to_a_new_address_rejoins(kernel: LocalKernel) -> None:
 def test_kill_a_standby_during_a_cell(kernel: LocalKernel) -> None:
     kc = kernel.client()
     try:
-        until_serves(kc, 1)
+        wait_serving(kc, 1)
         result: dict[str, Any] = {}
 
         def long_cell() -> None:

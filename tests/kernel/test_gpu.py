@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from notebookos.kernel.local import TOKEN, BrokerServer, LocalKernel, run, text_of, wait_for
+from notebookos.kernel.local import TOKEN, BrokerServer, LocalKernel, run, text_of, wait_for, wait_serving
 
 
 @pytest.fixture
@@ -21,12 +21,9 @@ def gpu_kernel(tmp_path: Path, broker_server: BrokerServer) -> Iterator[tuple[Lo
     token.write_text(TOKEN)
     k = LocalKernel(tmp_path, gpus=1, broker_url=broker_server.url, token_file=str(token)).start()
     kc = k.client()
-    # The router learns each replica's node from its probes; wait until it knows all three.
-    wait_for(
-        lambda: run(kc, "1", metadata={"notebookos_target": 3})[0]["metadata"]["notebookos"]["replica"] == 3,
-        60,
-        "replica 3",
-    )
+    # The router learns each replica's node from its probes; wait until all three serve cells.
+    for rid in (1, 2, 3):
+        wait_serving(kc, rid)
     yield k, broker_server, kc
     kc.stop_channels()
     k.stop()
