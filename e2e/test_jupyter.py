@@ -124,12 +124,18 @@ def _kernelspec(tmp: Path, name: str, extra: list[str]) -> Path:
     return root
 
 
+def _use_kernelspec(tmp: Path, name: str, namespace: str, cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Install a kernelspec for `namespace` and point this process's Jupyter and kubeconfig at it."""
+    root = _kernelspec(tmp, name, ["--namespace", namespace])
+    monkeypatch.setenv("JUPYTER_PATH", str(root))
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    return root
+
+
 def test_provisioner_launches_runs_and_deletes(
     cluster: Cluster, stack: Stack, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = _kernelspec(tmp_path, "nbos", ["--namespace", namespace])
-    monkeypatch.setenv("JUPYTER_PATH", str(root))
-    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    _use_kernelspec(tmp_path, "nbos", namespace, cluster, monkeypatch)
 
     async def flow() -> None:
         from jupyter_client import AsyncKernelManager
@@ -157,15 +163,12 @@ def test_unschedulable_kernel_fails_the_launch_with_the_condition(
 ) -> None:
     from jupyter_client import AsyncKernelManager
 
-    pool = cluster.core().list_node(label_selector="notebookos.io/gpu-pool=true").items
-    assert len(pool) < 9, "this test needs fewer than 9 GPU nodes, so that 9 replicas cannot be placed"
-    root = _kernelspec(tmp_path, "nbos-huge", ["--namespace", namespace])
+    root = _use_kernelspec(tmp_path, "nbos-huge", namespace, cluster, monkeypatch)
     spec = root / "kernels" / "nbos-huge" / "kernel.json"
     data = json.loads(spec.read_text())
-    data["metadata"]["kernel_provisioner"]["config"].update({"replicas": 9, "unschedulable_timeout": 10})
+    # No GPU node has 200 GiB per GPU (the fake nodes' GPUs have 80 GiB), so the extender refuses every node.
+    data["metadata"]["kernel_provisioner"]["config"].update({"gpuMemory": "200Gi", "unschedulable_timeout": 10})
     spec.write_text(json.dumps(data))
-    monkeypatch.setenv("JUPYTER_PATH", str(root))
-    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
 
     async def launch() -> None:
         km = AsyncKernelManager(kernel_name="nbos-huge")
@@ -176,6 +179,7 @@ def test_unschedulable_kernel_fails_the_launch_with_the_condition(
         asyncio.run(launch())
     assert time.monotonic() - t0 < 120
     assert "Scheduled=False" in str(err.value)
+    assert "memory" in str(err.value), err.value  # the extender's reason reaches the user
     # The failed launch leaves nothing behind.
     api = client.CustomObjectsApi(cluster.api())
     until(
@@ -188,9 +192,7 @@ def test_unschedulable_kernel_fails_the_launch_with_the_condition(
 def test_deleted_kernel_is_seen_dead(
     cluster: Cluster, stack: Stack, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = _kernelspec(tmp_path, "nbos-del", ["--namespace", namespace])
-    monkeypatch.setenv("JUPYTER_PATH", str(root))
-    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    _use_kernelspec(tmp_path, "nbos-del", namespace, cluster, monkeypatch)
 
     async def flow() -> None:
         from jupyter_client import AsyncKernelManager
