@@ -322,6 +322,10 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 
 
 def main() -> int:
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM too: leave through the with block, which stops the processes
+
+    signal.signal(signal.SIGTERM, stop)
     with LocalKernel() as k:
         print(k.write_connection_file(), flush=True)
         try:

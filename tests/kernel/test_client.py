@@ -17,8 +17,10 @@ from notebookos.kernel.local import LocalKernel, run, text_of, wait_for
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKernel]:
     k = LocalKernel(tmp_path_factory.mktemp("client")).start()
-    yield k
-    k.stop()
+    try:
+        yield k
+    finally:
+        k.stop()
 
 
 @pytest.fixture(scope="module")

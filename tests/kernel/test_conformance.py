@@ -105,12 +105,14 @@ def plain(notebooks: dict[str, list[str]]) -> dict[str, list[tuple[str, str, int
 def rotating(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKernel]:
     # A small threshold so that arrays and frames go through the object store.
     k = LocalKernel(tmp_path_factory.mktemp("conf"), target_policy="rotate", threshold=2048).start()
-    kc = k.client()
-    for rid in (1, 2, 3):  # all three up, so that the executor can change at every cell
-        wait_serving(kc, rid)
-    kc.stop_channels()
-    yield k
-    k.stop()
+    try:
+        kc = k.client()
+        for rid in (1, 2, 3):  # all three up, so that the executor can change at every cell
+            wait_serving(kc, rid)
+        kc.stop_channels()
+        yield k
+    finally:
+        k.stop()
 
 
 @pytest.mark.parametrize("name", ["training", "pandas", "python", "file"])

@@ -16,8 +16,10 @@ from notebookos.kernel.local import LocalKernel, run, text_of, wait_serving
 @pytest.fixture
 def kernel(tmp_path: Any) -> Iterator[LocalKernel]:
     k = LocalKernel(tmp_path).start()
-    yield k
-    k.stop()
+    try:
+        yield k
+    finally:
+        k.stop()
 
 
 def value(kc: Any, expr: str, target: int | None = None, timeout: float = 60) -> str:

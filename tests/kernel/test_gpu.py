@@ -20,13 +20,17 @@ def gpu_kernel(tmp_path: Path, broker_server: BrokerServer) -> Iterator[tuple[Lo
     token = tmp_path / "token"
     token.write_text(TOKEN)
     k = LocalKernel(tmp_path, gpus=1, broker_url=broker_server.url, token_file=str(token)).start()
-    kc = k.client()
-    # The router learns each replica's node from its probes; wait until all three serve cells.
-    for rid in (1, 2, 3):
-        wait_serving(kc, rid)
-    yield k, broker_server, kc
-    kc.stop_channels()
-    k.stop()
+    try:
+        kc = k.client()
+        try:
+            # The router learns each replica's node from its probes; wait until all three serve cells.
+            for rid in (1, 2, 3):
+                wait_serving(kc, rid)
+            yield k, broker_server, kc
+        finally:
+            kc.stop_channels()
+    finally:
+        k.stop()
 
 
 def test_executor_holds_its_devices_only_while_the_cell_runs(gpu_kernel: Any) -> None:
