@@ -20,7 +20,8 @@ from typing import Any, cast
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
-from traitlets import Float, Unicode
+from traitlets import Dict, Float, Integer, List, Unicode
+from traitlets import Union as UnionTrait
 
 from .api import GROUP, VERSION, NotebookKernel
 from .kube import PLURAL, api_client, default_namespace, kernel_connection
@@ -72,6 +73,18 @@ def unschedulable_message(kernel: NotebookKernel) -> str | None:
 
 
 class NotebookOSProvisioner(KernelProvisionerBase):
+    # The kernelspec's metadata.kernel_provisioner.config sets these traits (jupyter_client passes
+    # its keys to the constructor). The first group shapes the NotebookKernel.
+    gpus = Integer(None, allow_none=True, config=True, help="GPUs bound while a cell runs")
+    cpu = UnionTrait([Integer(), Unicode()], default_value=None, allow_none=True, config=True, help="CPU per replica")
+    memory = Unicode(None, allow_none=True, config=True, help="Memory per replica, a Kubernetes quantity")
+    gpuMemory = Unicode(None, allow_none=True, config=True, help="GPU memory each GPU must have")
+    image = Unicode(None, allow_none=True, config=True, help="Kernel image (default: the operator's)")
+    replicas = Integer(None, allow_none=True, config=True, help="Raft replicas, odd")
+    idleTimeout = Unicode(None, allow_none=True, config=True, help="Go duration, e.g. 1h")
+    storage = Dict(None, allow_none=True, config=True, help="{url, secretName, thresholdBytes}")
+    env: List[dict[str, str]] = List(None, allow_none=True, config=True, help="[{name, value}] set in every replica")
+
     namespace = Unicode("", config=True, help="Namespace for NotebookKernels (default: the pod's own or kubeconfig's)")
     connect_via = Unicode(
         "service",
@@ -93,7 +106,9 @@ class NotebookOSProvisioner(KernelProvisionerBase):
     # --- helpers -------------------------------------------------------------------------------
 
     def _cfg(self) -> dict[str, Any]:
-        return dict(self.kernel_spec.metadata.get("kernel_provisioner", {}).get("config", {}))
+        """The NotebookKernel's settings from the kernelspec, those that are set."""
+        values = {k: getattr(self, k) for k in (*SPEC_KEYS, *RESOURCE_KEYS)}
+        return {k: v for k, v in values.items() if v is not None and v != {} and v != []}
 
     def _client(self) -> Any:
         if self._api is None:
@@ -141,12 +156,7 @@ class NotebookOSProvisioner(KernelProvisionerBase):
         kwargs = await super().pre_launch(**kwargs)
         # The kernel manager expects a command; NotebookOS never runs it locally.
         kwargs.setdefault("cmd", list(self.kernel_spec.argv))
-        cfg = self._cfg()
-        self.namespace = self.namespace or cfg.get("namespace") or default_namespace(self.kubeconfig or None)
-        self.connect_via = cfg.get("connect_via", self.connect_via)
-        for trait in ("launch_timeout", "unschedulable_timeout"):
-            if trait in cfg:
-                setattr(self, trait, float(cfg[trait]))
+        self.namespace = self.namespace or default_namespace(self.kubeconfig or None)
         return dict(kwargs)
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:

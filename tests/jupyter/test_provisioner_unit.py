@@ -124,3 +124,23 @@ def test_provisioner_entry_point_is_registered() -> None:
     from notebookos.provisioner import NotebookOSProvisioner
 
     assert ep.load() is NotebookOSProvisioner
+
+
+def test_kernelspec_config_becomes_provisioner_traits() -> None:
+    """jupyter_client passes the kernelspec's provisioner config to the constructor; every key must be
+    a trait (an unknown one is a deprecation warning today and an error in a later traitlets)."""
+    import warnings
+
+    from jupyter_client.kernelspec import KernelSpec
+
+    from notebookos.provisioner import NotebookOSProvisioner
+
+    config = {"gpus": 2, "cpu": 4, "memory": "16Gi", "gpuMemory": "40Gi", "idleTimeout": "1h", "namespace": "team"}
+    spec = KernelSpec(argv=["python"], metadata={"kernel_provisioner": {"config": config}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prov = NotebookOSProvisioner(kernel_id="k1", kernel_spec=spec, parent=None, **config)
+    assert prov.namespace == "team"
+    assert prov._cfg() == {"idleTimeout": "1h", "gpus": 2, "cpu": 4, "memory": "16Gi", "gpuMemory": "40Gi"}
+    manifest = build_kernel("k", "team", prov._cfg(), {}, "k1")
+    assert manifest["spec"]["resources"] == {"gpus": 2, "cpu": 4, "memory": "16Gi", "gpuMemory": "40Gi"}
