@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 .PHONY: help venv lint typecheck crds unit e2e test bench up down toolchain clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
 # Dependencies change rarely (pyproject.toml); the package's file list changes often. The editable
 # install is a link tree (strict mode), so edits show at once and new files need a quick relink.
