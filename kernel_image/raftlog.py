@@ -117,6 +117,7 @@ class KernelState(SyncObjConsumer):
         self.last_executor = 0
         self.history: list[str] = []
         self.peers: dict[int, tuple[str, int]] = {}
+        self.boots: dict[int, str] = {}  # replica -> id of its current process (set by hello)
         self.version = 0
 
     def _deserialize(self, data: dict[str, Any]) -> None:
@@ -226,6 +227,13 @@ class KernelState(SyncObjConsumer):
             self._trim(self.done)
             self._bump()
         return self.done[exec_id]
+
+    @replicated
+    def hello(self, replica: int, boot: str) -> None:
+        """A replica process announces itself: a new boot id for an id means its previous process,
+        and any cell it was running, is gone (even if it came back at the same address in time)."""
+        self.boots[replica] = boot
+        self._bump()
 
     @replicated
     def set_peer(self, replica: int, host: str, port: int) -> None:

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,7 @@ class Runtime:
         self.changed: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.raft = KernelRaft(cfg.replica_id, cfg.peers, cfg.raft_bind, cfg.data_dir / "raft", self._on_change)
+        self.boot_id = uuid.uuid4().hex
         self.reporter = reporter_from_env(cfg.kernel)
         if not isinstance(self.reporter, LogReporter):
             threading.Thread(target=self._report_loop, name="notebookos-status", daemon=True).start()
@@ -128,6 +130,14 @@ class ReplicaKernel(IPythonKernel):
         # Keep an idle replica's namespace current (also a restarted one catching up).
         self._nb_pc = PeriodicCallback(self._nb_background_apply, 100)
         self._nb_pc.start()
+        self._nb_hello_task = asyncio.ensure_future(self._nb_hello())
+
+    async def _nb_hello(self) -> None:
+        """Tell the group this process is the replica now (see KernelState.hello)."""
+        try:
+            await self._nb_commit("hello", self.nb.cfg.replica_id, self.nb.boot_id, deadline=3600.0)
+        except Exception:
+            log.exception("could not announce replica %s to the group", self.nb.cfg.replica_id)
 
     async def _nb_background_apply(self) -> None:
         if self._nb_exec is None and not self._nb_lock.locked():
@@ -385,8 +395,19 @@ class ReplicaKernel(IPythonKernel):
         ex.role = "standby"
         st = self.nb.raft.state
         lost_since: float | None = None
+        executor = ex.executor or 0
+        boot = st.boots.get(executor)
         while ex.exec_id not in st.done:
-            executor = ex.executor or 0
+            now_boot = st.boots.get(executor)
+            if boot is None:
+                boot = now_boot  # the executor had not announced itself yet: this is its baseline
+            elif now_boot != boot:
+                # The executor's process was replaced (same id, maybe same address): its cell is lost.
+                try:
+                    await self._nb_commit("abort", ex.exec_id, deadline=10.0)
+                except Exception:
+                    log.exception("could not commit the abort of %s", ex.exec_id)
+                continue
             if not self.nb.raft.connected(executor):
                 lost_since = lost_since or time.monotonic()
                 if time.monotonic() - lost_since > self.nb.cfg.executor_lost_timeout:

@@ -77,6 +77,38 @@ def test_kill_the_executor_during_a_cell(kernel: LocalKernel) -> None:
         kc.stop_channels()
 
 
+def test_executor_replaced_at_once_during_a_cell(kernel: LocalKernel) -> None:
+    """The executor dies mid-cell and its replacement (same id, same address) is back before the
+    others could notice a disconnection: the new process announces itself, so the lost cell is
+    aborted instead of being waited for forever."""
+    kc = kernel.client()
+    try:
+        run(kc, "state = {'n': 1}")
+        target = 2
+        wait_serving(kc, target)
+        result: dict[str, Any] = {}
+
+        def long_cell() -> None:
+            result["reply"], result["out"] = run(
+                kc, "import time\nstate['n'] = 99\ntime.sleep(60)", timeout=120, metadata={"notebookos_target": target}
+            )
+
+        t = threading.Thread(target=long_cell)
+        t.start()
+        time.sleep(2.0)  # the cell is running on replica 2
+        kernel.kill(f"replica-{target}")
+        kernel.start_replica(target)
+        t.join(timeout=120)
+        assert not t.is_alive(), "the client got no reply after its executor was replaced"
+        content = result["reply"]["content"]
+        assert content["status"] == "error" and content["ename"] == "NotebookOSExecutorLost", content
+        assert value(kc, "state") == "{'n': 1}"
+        wait_serving(kc, target)
+        assert value(kc, "state['n'] += 1\nstate['n']", target=target) == "2"
+    finally:
+        kc.stop_channels()
+
+
 def test_kill_the_router_and_reconnect(kernel: LocalKernel) -> None:
     kc = kernel.client()
     try:
