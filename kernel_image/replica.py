@@ -130,14 +130,18 @@ class ReplicaKernel(IPythonKernel):
         # Keep an idle replica's namespace current (also a restarted one catching up).
         self._nb_pc = PeriodicCallback(self._nb_background_apply, 100)
         self._nb_pc.start()
+        self._nb_hello_done = asyncio.Event()
         self._nb_hello_task = asyncio.ensure_future(self._nb_hello())
 
     async def _nb_hello(self) -> None:
-        """Tell the group this process is the replica now (see KernelState.hello)."""
+        """Tell the group this process is the replica now (see KernelState.hello). Cells wait for it,
+        so the others never mistake this process's first cell for a cell of its predecessor."""
         try:
             await self._nb_commit("hello", self.nb.cfg.replica_id, self.nb.boot_id, deadline=3600.0)
         except Exception:
             log.exception("could not announce replica %s to the group", self.nb.cfg.replica_id)
+        finally:
+            self._nb_hello_done.set()
 
     async def _nb_background_apply(self) -> None:
         if self._nb_exec is None and not self._nb_lock.locked():
@@ -272,6 +276,8 @@ class ReplicaKernel(IPythonKernel):
             self._nb_reply(stream, ident, parent, ex, {"status": "ok", "execution_count": st.exec_count})
             return
         try:
+            # This process's hello precedes, in the log, any decision it takes part in.
+            await asyncio.wait_for(self._nb_hello_done.wait(), timeout=60.0)
             winner = await self._nb_choose(ex)
         except Exception as e:
             ex.role = "aborted"
