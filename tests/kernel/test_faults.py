@@ -47,27 +47,38 @@ def test_kill_a_replica_between_cells_then_restart_it(kernel: LocalKernel) -> No
         kc.stop_channels()
 
 
+def _lose_executor_mid_cell(kernel: LocalKernel, kc: Any, restart: bool, cell_s: int, timeout: float) -> Any:
+    """Run `state['n'] = 99` then a long sleep on replica 2, kill replica 2 while it runs (and
+    restart it at once if asked), and return the reply's content."""
+    run(kc, "state = {'n': 1}")
+    target = 2
+    wait_serving(kc, target)
+    result: dict[str, Any] = {}
+
+    def long_cell() -> None:
+        result["reply"], result["out"] = run(
+            kc,
+            f"import time\nstate['n'] = 99\ntime.sleep({cell_s})",
+            timeout=timeout,
+            metadata={"notebookos_target": target},
+        )
+
+    t = threading.Thread(target=long_cell)
+    t.start()
+    time.sleep(2.0)  # the cell is running on replica 2
+    kernel.kill(f"replica-{target}")
+    if restart:
+        kernel.start_replica(target)
+    t.join(timeout=timeout)
+    assert not t.is_alive(), "the client got no reply after its executor was lost"
+    return result["reply"]["content"]
+
+
 def test_kill_the_executor_during_a_cell(kernel: LocalKernel) -> None:
     kc = kernel.client()
     try:
-        run(kc, "state = {'n': 1}")
-        target = 2
-        wait_serving(kc, target)
-        result: dict[str, Any] = {}
-
-        def long_cell() -> None:
-            result["reply"], result["out"] = run(
-                kc, "import time\nstate['n'] = 99\ntime.sleep(30)", timeout=90, metadata={"notebookos_target": target}
-            )
-
-        t = threading.Thread(target=long_cell)
-        t.start()
-        time.sleep(2.0)  # the cell is running on replica 2
-        kernel.kill(f"replica-{target}")
-        t.join(timeout=90)
-        assert not t.is_alive(), "the client got no reply after its executor died"
-        content = result["reply"]["content"]
-        assert content["status"] == "error", result["reply"]["metadata"]
+        content = _lose_executor_mid_cell(kernel, kc, restart=False, cell_s=30, timeout=90)
+        assert content["status"] == "error", content
         assert content["ename"] == "NotebookOSExecutorLost"
         assert "last completed cell" in content["evalue"]
         # The kernel keeps serving, with the state of the last committed cell.
@@ -83,28 +94,11 @@ def test_executor_replaced_at_once_during_a_cell(kernel: LocalKernel) -> None:
     aborted instead of being waited for forever."""
     kc = kernel.client()
     try:
-        run(kc, "state = {'n': 1}")
-        target = 2
-        wait_serving(kc, target)
-        result: dict[str, Any] = {}
-
-        def long_cell() -> None:
-            result["reply"], result["out"] = run(
-                kc, "import time\nstate['n'] = 99\ntime.sleep(60)", timeout=120, metadata={"notebookos_target": target}
-            )
-
-        t = threading.Thread(target=long_cell)
-        t.start()
-        time.sleep(2.0)  # the cell is running on replica 2
-        kernel.kill(f"replica-{target}")
-        kernel.start_replica(target)
-        t.join(timeout=120)
-        assert not t.is_alive(), "the client got no reply after its executor was replaced"
-        content = result["reply"]["content"]
+        content = _lose_executor_mid_cell(kernel, kc, restart=True, cell_s=60, timeout=120)
         assert content["status"] == "error" and content["ename"] == "NotebookOSExecutorLost", content
         assert value(kc, "state") == "{'n': 1}"
-        wait_serving(kc, target)
-        assert value(kc, "state['n'] += 1\nstate['n']", target=target) == "2"
+        wait_serving(kc, 2)
+        assert value(kc, "state['n'] += 1\nstate['n']", target=2) == "2"
     finally:
         kc.stop_channels()
 
