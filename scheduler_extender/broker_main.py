@@ -27,6 +27,7 @@ from .broker_app import make_broker_app
 from .cluster_state import parse_inventory
 from .informer import Informer
 from .kube import api_client
+from .service import run_service
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +162,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        asyncio.run(serve(args))
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run_service(serve, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from notebookos.policy.placement import DEFAULT_MAX_SUBSCRIPTION_RATIO, DEFAULT_
 from .cluster_state import ClusterState
 from .extender_app import Extender, make_app, ratio_sampler
 from .kube import api_client
+from .service import run_service
 from .watches import SYNC_NAMES, start_watches
 
 
@@ -80,13 +81,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        asyncio.run(serve(args))
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run_service(serve, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import pykube
 
 from .node_agent import NodeAgent
 from .nvml import backend_from_env
+from .service import setup_logging
 
 DEFAULT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     if not args.node:
         print("error: --node (or NODE_NAME) is required", file=sys.stderr)
         return 2
