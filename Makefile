@@ -41,11 +41,13 @@ unit: venv toolchain  ## unit and integration tests (real processes, no cluster;
 	$(BIN)/notebookos crds --out crds --out charts/notebookos/crds --check
 	NOTEBOOKOS_K8S_BIN=$$(bash e2e/toolchain/build.sh) $(BIN)/pytest tests $(PYTEST_ARGS)
 
-toolchain:  ## build (or reuse) the real control plane for the e2e tier
+toolchain:  ## build (or reuse) the real control plane and Karpenter's kwok provider for the e2e tier
 	bash e2e/toolchain/build.sh
+	bash e2e/toolchain/karpenter.sh
 
 e2e: venv toolchain  ## e2e tests against a real kube-apiserver, scheduler, controller-manager and kwok
-	NOTEBOOKOS_K8S_BIN=$$(bash e2e/toolchain/build.sh) $(BIN)/pytest e2e $(PYTEST_ARGS)
+	NOTEBOOKOS_K8S_BIN=$$(bash e2e/toolchain/build.sh) NOTEBOOKOS_KARPENTER_BIN=$$(bash e2e/toolchain/karpenter.sh) \
+		$(BIN)/pytest e2e $(PYTEST_ARGS)
 
 test: lint typecheck unit e2e  ## every tier, lint included (what CI runs)
 

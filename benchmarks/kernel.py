@@ -2,7 +2,8 @@
 
 1. Execute round trip of a trivial cell through a jupyter_client BlockingKernelClient: plain
    ipykernel vs the replicated kernel (router + three replicas on loopback), p50 and p99, ratio.
-   The replicated figure includes the Raft commit that confirms the executor and the router hop.
+   The replicated figure includes the cell's one Raft commit (its state change, committed before
+   the reply, so an `ok` is durable) and the router hop.
 2. State hand-off for 1 MB, 100 MB and 1 GB of numpy array state: a cell makes the array on
    replica 1, the next cell reads it on replica 2, which first loads the committed state (object
    store on a local file:// directory). Hand-off = second cell's round trip minus a trivial cell's;

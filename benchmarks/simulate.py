@@ -1,62 +1,131 @@
-"""All four policies on both traces, side by side, with ratios against reservation.
+"""The simulator's comparison tables, each figure a mean with a 95 % interval over replays.
 
-    python -m benchmarks.simulate [--trace-dir ../shared/traces] [--replays 10] [--ablation]
+    python -m benchmarks.simulate [--trace-dir ../shared/traces] [--replays 10] [--month-replays 3]
+                                  [--synthetic 10] [--ablation]
 
-Prints, per trace and cost preset, the comparison table of `notebookos simulate` (GPU-hours
-provisioned / bound / used, ratio and GPU-hours saved vs reservation, utilisation, interactivity
-delay p50/p95/p99, share of cells that start at once, migrations, scale events, cost, seconds per
-run), then how robust the ours-vs-notebookos comparison on the template is over replays with the
-sessions shifted by up to 15 minutes. Each run's time is printed; the one-month trace must take
-under 60 s per policy. ``--ablation`` adds what each of ours's changes contributes, by turning it
-off alone, on both traces (prototype costs).
+A replay is the trace as recorded (replay 0) or with every session shifted by up to 15 min
+(replays 1..n-1); replay i runs with seed i (notebookos's random migration victim). Printed:
+
+1. per trace and cost preset, every policy against both reservation baselines (GPU-granular and
+   whole-host), and ours against notebookos replay by replay (a difference is claimed only when
+   the 95 % interval of the paired differences excludes 0);
+2. the same comparison on synthetic workloads (one per seed), which ours was not tuned on;
+3. how much the month's figures depend on the session inference (split gap, idle tail);
+4. a fixed cluster: reservation, notebookos and ours on the same number of hosts, and reservation
+   on the cluster that costs what notebookos costs;
+5. with ``--ablation``, each of ours's changes turned off alone.
+
+ours was tuned on the session template only; the month trace and the synthetic workloads are
+evaluation data. Each one-month policy-run must take under 60 s.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from dataclasses import replace
 
-from notebookos.sim import report, suite
-from notebookos.sim.config import COST_PRESETS, POLICIES
+from notebookos.sim import suite, tables
+from notebookos.sim.config import COST_PRESETS, POLICIES, on_fixed_cluster
 from notebookos.sim.engine import Simulator
-from notebookos.sim.workload import TASKS_FILE, TEMPLATE_FILE, load_tasks, load_template, shifted
+from notebookos.sim.stats import mean_ci
+from notebookos.sim.workload import (
+    DEFAULT_IDLE_TAIL_S,
+    DEFAULT_SPLIT_GAP_S,
+    TASKS_FILE,
+    TEMPLATE_FILE,
+    SyntheticSpec,
+    Workload,
+    load_tasks,
+    load_template,
+    synthetic,
+)
 
 MONTH_BUDGET_S = 60.0
+SENSITIVITY = [  # (split gap h or None, idle tail min)
+    (None, 30.0),
+    (48.0, 30.0),
+    (24.0, 30.0),
+    (8.0, 30.0),
+    (2.0, 30.0),
+    (24.0, 75.0),  # the template's median idle tail after the last cell is 73 min
+]
 
 
-def _robustness(template, replays: int) -> list[str]:
-    rows = [
-        "| costs | policy | GPU-h provisioned mean (min..max) | start at once mean (min..max) | delay p95 s mean | "
-        "ours better on both |",
-        "|---|---|---|---|---|---|",
-    ]
-    for cname, costs in COST_PRESETS.items():
-        runs: dict[str, list] = {"notebookos": [], "ours": []}
-        for seed in range(replays):
-            w = shifted(template, 900.0, seed)
-            for name in runs:
-                runs[name].append(Simulator(w, POLICIES[name], costs, seed=seed).run())
-        wins = sum(
-            o.gpu_hours_provisioned < n.gpu_hours_provisioned and o.started_at_once >= n.started_at_once
-            for n, o in zip(runs["notebookos"], runs["ours"], strict=True)
+def _policy_section(title: str, ws: list[Workload], costs_names: tuple[str, ...], compares: list[str]) -> dict:
+    pols = suite.policies(list(POLICIES))
+    granular = [w.reserved_gpu_hours for w in ws]
+    out = {}
+    for cname in costs_names:
+        runs = suite.run_replays(ws, pols, COST_PRESETS[cname])
+        print(f"\n## {title}, {cname} costs ({len(ws)} replays, mean ± 95 % interval)\n")
+        print(tables.policy_table(runs, granular))
+        slowest = max(r.wall_s for rs in runs.values() for r in rs)
+        print(f"\nslowest policy-run: {slowest:.1f} s")
+        compares.append(tables.compare_rows(f"{title}, {cname}", runs["ours"], runs["notebookos"]))
+        out[cname] = runs
+    return out
+
+
+def _sensitivity(path) -> None:
+    print(
+        "\n## session inference for the task CSV (prototype costs, the trace as recorded; "
+        "notebookos's replay-to-replay interval is in the tables above)\n"
+    )
+    print(
+        "| split where idle longer than | idle tail | sessions | median life h | GPU-granular reservation "
+        "| whole-host reservation | notebookos | notebookos vs GPU-granular | vs whole-host |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for gap_h, tail_min in SENSITIVITY:
+        w = load_tasks(path, tail_min * 60, None if gap_h is None else gap_h * 3600)
+        res = Simulator(w, POLICIES["reservation"]).run().gpu_hours_provisioned
+        nb = Simulator(w, POLICIES["notebookos"]).run().gpu_hours_provisioned
+        lives = sorted(s.stop - s.start for s in w.sessions)
+        mark = " (default)" if gap_h == DEFAULT_SPLIT_GAP_S / 3600 and tail_min == DEFAULT_IDLE_TAIL_S / 60 else ""
+        print(
+            f"| {'never' if gap_h is None else f'{gap_h:g} h'}{mark} | {tail_min:g} min | {len(w.sessions)} "
+            f"| {lives[len(lives) // 2] / 3600:.1f} | {w.reserved_gpu_hours:,.0f} | {res:,.0f} | {nb:,.0f} "
+            f"| x{nb / w.reserved_gpu_hours:.3f} | x{nb / res:.3f} |"
         )
-        for name, rs in runs.items():
-            gh = [r.gpu_hours_provisioned for r in rs]
-            once = [r.started_at_once for r in rs]
-            p95 = statistics.mean(r.delay_p95_s for r in rs)
-            rows.append(
-                f"| {cname} | {name} | {statistics.mean(gh):,.0f} ({min(gh):,.0f}..{max(gh):,.0f}) "
-                f"| {statistics.mean(once):.1%} ({min(once):.1%}..{max(once):.1%}) | {p95:.1f} "
-                f"| {f'{wins}/{replays}' if name == 'ours' else ''} |"
-            )
-    return rows
+
+
+def _equal_cost_hosts(w: Workload, budget_h: float, hi: int) -> int:
+    """The largest reservation cluster (hosts) whose GPU-hours stay within ``budget_h``."""
+    lo = 1
+    if Simulator(w, on_fixed_cluster(POLICIES["reservation"], lo)).run().gpu_hours_provisioned > budget_h:
+        return lo
+    while lo < hi:  # reservation's GPU-hours grow with its bound
+        mid = (lo + hi + 1) // 2
+        if Simulator(w, on_fixed_cluster(POLICIES["reservation"], mid)).run().gpu_hours_provisioned <= budget_h:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _fixed(title: str, ws: list[Workload], hosts: int, elastic_peak: int) -> None:
+    costs = COST_PRESETS["prototype"]
+    pols = [on_fixed_cluster(POLICIES[n], hosts) for n in ("reservation", "notebookos", "ours")]
+    runs = suite.run_replays(ws, pols, costs)
+    budget = mean_ci([r.gpu_hours_provisioned for r in runs["notebookos"]]).mean
+    eq = _equal_cost_hosts(ws[0], budget, elastic_peak)
+    eq_runs = suite.run_replays(ws, [on_fixed_cluster(POLICIES["reservation"], eq)], costs)["reservation"]
+    print(f"\n## {title}: fixed cluster of {hosts} hosts, prototype costs ({len(ws)} replays, mean ± 95 % interval)\n")
+    print(
+        tables.fixed_table(
+            [
+                (f"{tables.WHOLE_HOST}, equal size", runs["reservation"]),
+                ("notebookos, equal size", runs["notebookos"]),
+                ("ours, equal size", runs["ours"]),
+                (f"{tables.WHOLE_HOST}, equal cost (largest cluster within notebookos's GPU-h)", eq_runs),
+            ]
+        )
+    )
 
 
 ABLATIONS = {
-    "ours": {},
     "- anticipatory rebalancing": {"rebalance": False},
     "- scale-in guard for active kernels": {"active_window_s": 0.0},
     "- peak-window sizing": {"peak_window_s": 0.0},
@@ -66,75 +135,62 @@ ABLATIONS = {
 }
 
 
-def _ablation(cases) -> list[str]:
-    """cases: (label, replays of one trace); figures are means over the replays."""
-    rows = [
-        "| trace | variant | GPU-h provisioned | vs notebookos | start at once | delay mean s | p95 s "
-        "| migrations (cell / drain / rebalance) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+def _ablation(title: str, ws: list[Workload]) -> None:
+    print(f"\n## ablation on {title}: each of ours's changes turned off alone (prototype costs, {len(ws)} replays)\n")
+    print(tables.COMPARE_HEAD.replace("trace, costs", "variant").replace("ours vs notebookos", "variant vs notebookos"))
     costs = COST_PRESETS["prototype"]
-
-    def mean_of(policy, replays) -> dict[str, float]:
-        rs = [Simulator(w, policy, costs, seed=i).run() for i, w in enumerate(replays)]
-        keys = ("gpu_hours_provisioned", "started_at_once", "delay_mean_s", "delay_p95_s")
-        keys += ("migrations", "drain_migrations", "rebalance_migrations")
-        return {k: statistics.mean(getattr(r, k) for r in rs) for k in keys}
-
-    for label, replays in cases:
-        nb = mean_of(POLICIES["notebookos"], replays)
-        for name, change in (("notebookos", None), *ABLATIONS.items()):
-            m = nb if change is None else mean_of(replace(POLICIES["ours"], **change), replays)
-            rows.append(
-                f"| {label} | {name} | {m['gpu_hours_provisioned']:,.0f} "
-                f"| x{m['gpu_hours_provisioned'] / nb['gpu_hours_provisioned']:.3f} | {m['started_at_once']:.1%} "
-                f"| {m['delay_mean_s']:.2f} | {m['delay_p95_s']:.1f} | {m['migrations']:.0f} / "
-                f"{m['drain_migrations']:.0f} / {m['rebalance_migrations']:.0f} |"
-            )
-    return rows
+    nb = suite.run_replays(ws, [POLICIES["notebookos"]], costs)["notebookos"]
+    for name, change in {"ours": {}, **ABLATIONS}.items():
+        v = suite.run_replays(ws, [replace(POLICIES["ours"], **change)], costs)["ours"]
+        print(tables.compare_rows(name, v, nb))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.simulate")
     ap.add_argument("--trace-dir")
-    ap.add_argument("--replays", type=int, default=10, help="shifted template replays for the robustness table")
+    ap.add_argument("--replays", type=int, default=10, help="replays of the session template and synthetic seeds")
+    ap.add_argument("--month-replays", type=int, default=3, help="replays of the one-month task trace")
+    ap.add_argument("--synthetic", type=int, default=10, help="synthetic workloads (one per seed)")
     ap.add_argument("--ablation", action="store_true", help="also turn each of ours's changes off alone")
     args = ap.parse_args(argv)
+    if min(args.replays, args.month_replays, args.synthetic) < 2:
+        ap.error("--replays, --month-replays and --synthetic need at least 2 (an interval needs 2 values)")
+    t0 = time.perf_counter()
     tdir = suite.trace_dir(args.trace_dir)
     template = load_template(tdir / TEMPLATE_FILE)
     month = load_tasks(tdir / TASKS_FILE)
-    pols = suite.policies(list(POLICIES))
-    rc = 0
-    for w, presets in ((template, ("prototype", "cloud")), (month, ("prototype", "cloud"))):
-        d = w.describe()
-        for cname in presets:
-            results = suite.run_all(w, pols, COST_PRESETS[cname], progress=False, log=False)
-            print(
-                f"\n## {w.name} ({d['sessions']} sessions, {d['gpu_cells']} GPU cells, {d['span_h']} h), "
-                f"{cname} costs\n"
-            )
-            print(report.comparison_table(results))
-            if w is month:
-                worst = max(r.wall_s for r in results)
-                ok = worst < MONTH_BUDGET_S
-                rc |= 0 if ok else 1
-                times = ", ".join(f"{r.policy} {r.wall_s:.1f} s" for r in results)
-                print(
-                    f"\none-month trace, time per policy-run: {times} (budget {MONTH_BUDGET_S:.0f} s: "
-                    f"{'met' if ok else 'MISSED'})"
-                )
-    t = time.perf_counter()
-    print(f"\n## template: ours vs notebookos over {args.replays} replays, sessions shifted by up to 15 min\n")
-    print("\n".join(_robustness(template, args.replays)))
-    print(f"\n({time.perf_counter() - t:.1f} s)")
+    compares: list[str] = []
+    tr = suite.replays(template, args.replays)
+    mr = suite.replays(month, args.month_replays)
+    t_runs = _policy_section(f"{template.name} (tuning data)", tr, ("prototype", "cloud"), compares)
+    m_runs = _policy_section(f"{month.name} (evaluation)", mr, ("prototype", "cloud"), compares)
+    spec = SyntheticSpec(sessions=40, span_h=24.0)
+    syn = [synthetic(spec, seed) for seed in range(args.synthetic)]
+    _policy_section(
+        f"synthetic, {spec.sessions} sessions over {spec.span_h:g} h (evaluation)",
+        syn,
+        ("prototype", "cloud"),
+        compares,
+    )
+    print("\n## ours against notebookos, replay by replay (mean difference ± 95 % interval, verdict for ours)\n")
+    print(tables.COMPARE_HEAD)
+    print("\n".join(compares))
+    _sensitivity(tdir / TASKS_FILE)
+    for title, ws, runs in ((template.name, tr, t_runs), (month.name, mr, m_runs)):
+        peak = max(r.peak_hosts for r in runs["prototype"]["notebookos"])
+        sizes = (peak, max(3, peak // 2)) if ws is tr else (peak,)  # half the month's is slow to replay
+        for hosts in sizes:
+            _fixed(title, ws, hosts, max(r.peak_hosts for r in runs["prototype"]["reservation"]))
     if args.ablation:
-        print(
-            f"\n## ablation: each of ours's changes turned off alone (prototype costs; template: mean of "
-            f"{args.replays} shifted replays, month: one replay)\n"
-        )
-        replays = [shifted(template, 900.0, seed) for seed in range(args.replays)]
-        print("\n".join(_ablation([("template", replays), ("month", [month])])))
-    return rc
+        _ablation(template.name, tr)
+        _ablation(month.name, mr)
+    slowest = max(r.wall_s for rs in m_runs.values() for xs in rs.values() for r in xs)
+    ok = slowest < MONTH_BUDGET_S
+    print(
+        f"\nslowest one-month policy-run {slowest:.1f} s (budget {MONTH_BUDGET_S:.0f} s: {'met' if ok else 'MISSED'}); "
+        f"all of this took {time.perf_counter() - t0:.0f} s"
+    )
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

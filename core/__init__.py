@@ -1,6 +1,7 @@
-"""NotebookOS for Kubernetes: the core package (API models, pure policy, simulator, CLI).
+"""NotebookOS for Kubernetes: the core package (API models, pure policy, simulator, CLI, provisioner).
 
-Nothing in this package talks to Kubernetes; the operator, extender and kernel do.
+`api`, `policy` and `sim` are pure (no I/O); `kubeclient`, `kube`, `provisioner` and the CLI's
+commands talk to Kubernetes, with the official client.
 """
 
 __version__ = "0.1.0"

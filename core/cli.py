@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from .cli_errors import EXIT_USAGE, describe
 
 # subcommand -> (module, one-line help). The module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -14,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("notebookos.sim.cli", "replay notebook GPU traces under each policy and compare GPU-hours and delays"),
     "kernelspec": ("notebookos.cmd_kernelspec", "install Jupyter kernelspecs whose kernels run on NotebookOS"),
     "connect": ("notebookos.cmd_connect", "write a connection file for a NotebookKernel applied with kubectl"),
+    "interrupt": ("notebookos.cmd_interrupt", "interrupt the cell a NotebookKernel is running (as Ctrl-C would)"),
     "operator": ("notebookos.operator.__main__", "run the kopf operator against the current kubeconfig"),
 }
 
@@ -26,7 +30,16 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(_module=module)
         importlib.import_module(module).add_arguments(p)
     args = parser.parse_args(argv)
-    return int(importlib.import_module(args._module).run(args))
+    try:
+        return int(importlib.import_module(args._module).run(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        message = describe(exc)
+        if message is None or os.environ.get("NOTEBOOKOS_DEBUG"):
+            raise  # a bug: its traceback is what a report needs
+        print(f"notebookos {args.command}: {message}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

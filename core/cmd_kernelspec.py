@@ -4,22 +4,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from .api import KernelResources, NotebookKernelSpec
+from pydantic import ValidationError
+
+from .api import NotebookKernelSpec
+from .api.errors import describe_validation_error
+from .cli_errors import CliError
+
+# Field of the API -> the flag that sets it, so an error names what the user typed.
+FLAGS = {
+    "resources.gpus": "--gpus",
+    "resources.cpu": "--cpu",
+    "resources.memory": "--memory",
+    "resources.gpuMemory": "--gpu-memory",
+    "replicas": "--replicas",
+    "image": "--image",
+    "storage.url": "--storage",
+}
 
 
 def kernelspec(args: argparse.Namespace) -> dict[str, Any]:
     config: dict[str, Any] = {"gpus": args.gpus, "cpu": args.cpu, "memory": args.memory}
+    if args.gpu_memory:
+        config["gpuMemory"] = args.gpu_memory
     if args.image:
         config["image"] = args.image
     if args.replicas is not None:
         config["replicas"] = args.replicas
-    if args.idle_timeout:
-        config["idleTimeout"] = args.idle_timeout
     if args.namespace:
         config["namespace"] = args.namespace
     if args.storage:
@@ -27,12 +41,12 @@ def kernelspec(args: argparse.Namespace) -> dict[str, Any]:
     if args.connect_via != "service":
         config["connect_via"] = args.connect_via
     # Refuse what the API server would refuse, now rather than at the first launch.
-    NotebookKernelSpec.model_validate(
-        {
-            "resources": KernelResources.model_validate({k: config[k] for k in ("gpus", "cpu", "memory")}).to_wire(),
-            **{k: config[k] for k in ("replicas", "image", "idleTimeout", "storage") if k in config},
-        }
-    )
+    try:
+        resources = {k: config[k] for k in ("gpus", "cpu", "memory", "gpuMemory") if k in config}
+        rest = {k: config[k] for k in ("replicas", "image", "storage") if k in config}
+        NotebookKernelSpec.model_validate({"resources": resources, **rest})  # every error at once
+    except ValidationError as exc:
+        raise CliError(f"invalid kernelspec: {describe_validation_error(exc, FLAGS)}") from None
     gpus = f"{args.gpus} GPU" + ("s" if args.gpus != 1 else "")
     return {
         # argv is never run locally: the provisioner creates a NotebookKernel instead.
@@ -55,9 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int, default=1, help="GPUs bound while a cell runs (default 1)")
     p.add_argument("--cpu", default="1", help="CPU per replica pod (default 1)")
     p.add_argument("--memory", default="4Gi", help="memory per replica pod (default 4Gi)")
+    p.add_argument("--gpu-memory", default=None, help="GPU memory each GPU must have, e.g. 40Gi (default: any)")
     p.add_argument("--image", default=None, help="kernel image (default: the operator's)")
     p.add_argument("--replicas", type=int, default=None, help="Raft replicas, odd (default 3)")
-    p.add_argument("--idle-timeout", default=None, help="delete idle kernels after this Go duration, e.g. 1h")
     p.add_argument("--namespace", default=None, help="namespace (default: the server pod's own, or kubeconfig's)")
     p.add_argument("--storage", default=None, help="fsspec URL for large state values, e.g. s3://bucket/prefix")
     p.add_argument(
@@ -73,11 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        spec = kernelspec(args)
-    except ValueError as exc:
-        print(f"invalid kernelspec: {exc}", file=sys.stderr)
-        return 2
+    spec = kernelspec(args)
     if args.dir is not None:
         target = args.dir / args.name
         target.mkdir(parents=True, exist_ok=True)

@@ -9,21 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from .api import GROUP, VERSION, NotebookKernel
+from .cli_errors import CliError
 from .connection import connection_info, hmac_key, service_host
+from .kubeclient import api_client
+
+__all__ = ["api_client", "default_namespace", "kernel_connection", "read_kernel"]
 
 PLURAL = "notebookkernels"
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-
-
-def api_client(kubeconfig: str | None = None) -> Any:
-    """In-cluster credentials when running in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
-    from kubernetes import client, config
-
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and SA_NAMESPACE_FILE.exists():
-        config.load_incluster_config()
-        return client.ApiClient()
-    # $KUBECONFIG is read now, not when the kubernetes package was imported.
-    return config.new_client_from_config(config_file=kubeconfig or os.environ.get("KUBECONFIG") or None)
 
 
 def default_namespace(kubeconfig: str | None = None) -> str:
@@ -66,12 +59,6 @@ def router_pod_ip(api: Any, namespace: str, service: str) -> str | None:
         if any(c.type == "Ready" and c.status == "True" for c in status.conditions or []):
             return str(status.pod_ip)
     return None
-    pods = core.list_namespaced_pod(namespace, label_selector=",".join(f"{k}={v}" for k, v in selector.items()))
-    for pod in pods.items:
-        ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
-        if ready and pod.status.pod_ip and pod.metadata.deletion_timestamp is None:
-            return str(pod.status.pod_ip)
-    return None
 
 
 def kernel_connection(api: Any, kernel: NotebookKernel, via: str = "service") -> dict[str, Any]:
@@ -90,7 +77,7 @@ def kernel_connection(api: Any, kernel: NotebookKernel, via: str = "service") ->
     elif via == "pod":
         found = router_pod_ip(api, ns, conn.service_name)
         if found is None:
-            raise RuntimeError(f"service {ns}/{conn.service_name} has no ready router pod")
+            raise CliError(f"service {ns}/{conn.service_name} has no ready router pod")
         host = found
     elif via == "local":
         host = "127.0.0.1"

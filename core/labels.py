@@ -30,6 +30,23 @@ COMPONENT_LABEL = f"{DOMAIN}/component"  # replica | router
 REPLICA_GPUS_ANNOTATION = f"{DOMAIN}/gpus"  # per-cell GPUs of the kernel, read by the extender
 REPLICA_GPU_MEMORY_ANNOTATION = f"{DOMAIN}/gpu-memory"  # bytes each GPU must have (spec.resources.gpuMemory)
 MANAGED_BY = "notebookos-operator"
+# A migration, decided by the operator's kernel reconcile and carried out by its replica reconcile:
+# on the KernelReplica (the node it moves to, why, since when); the new pod carries the target too.
+MIGRATE_TO_ANNOTATION = f"{DOMAIN}/migrate-to"
+MIGRATE_REASON_ANNOTATION = f"{DOMAIN}/migrate-reason"
+MIGRATE_SINCE_ANNOTATION = f"{DOMAIN}/migrate-since"
+# Scale-in chosen by the operator: a GPU node it is emptying for the autoscaler to remove
+# (NoSchedule; value: when it was set, in Unix seconds). Drains treat it like a removal taint.
+SCALE_IN_TAINT_KEY = f"{DOMAIN}/scale-in"
+# What autoscalers may evict: a replica pod while it executes a cell, never; an idle one, always.
+KARPENTER_DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
+CA_SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
+
+# Capacity-request pods (operator/capacity.py): placeholders that ask an autoscaler for a GPU node.
+# The operator lists them by this label (and KERNEL_LABEL for one kernel's).
+CAPACITY_REQUEST_LABEL = f"{DOMAIN}/capacity-request"
+CAPACITY_REQUEST_VALUE = "true"
+CAPACITY_PRIORITY_CLASS = "notebookos-capacity-request"
 
 # e2e only: pods with this label on kwok nodes are started as local processes by the process runner.
 RUNNER_LABEL = f"{DOMAIN}/runner"

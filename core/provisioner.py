@@ -163,9 +163,7 @@ class NotebookOSProvisioner(KernelProvisionerBase):
         env = {**os.environ, **(kwargs.get("env") or {})}
         name = kernel_name_for(str(self.kernel_id))
         manifest = build_kernel(name, self.namespace, self._cfg(), env, str(self.kernel_id))
-        await asyncio.to_thread(
-            self._custom().create_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, manifest
-        )
+        await self._create(manifest)
         self.kernel_resource = name
         self.log.info("NotebookOS: created NotebookKernel %s/%s", self.namespace, name)
         try:
@@ -178,6 +176,39 @@ class NotebookOSProvisioner(KernelProvisionerBase):
         info["key"] = info["key"].encode()
         self.connection_info = cast(KernelConnectionInfo, info)
         return self.connection_info
+
+    async def _create(self, manifest: dict[str, Any]) -> None:
+        """Create the NotebookKernel. A restart reuses the kernel id, so its name: the previous
+        incarnation, deleted by `kill(restart=True)`, may still be going (foreground deletion waits
+        for its pods), and the create must wait for it rather than fail with 409 AlreadyExists."""
+        from kubernetes.client.exceptions import ApiException
+
+        name = manifest["metadata"]["name"]
+        self.kernel_resource = name
+        deadline = time.monotonic() + self.launch_timeout
+        while True:
+            try:
+                await asyncio.to_thread(
+                    self._custom().create_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, manifest
+                )
+                return
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+            old = await asyncio.to_thread(self._read)
+            if old is not None and not (old.metadata.model_extra or {}).get("deletionTimestamp"):
+                raise RuntimeError(
+                    f"NotebookKernel {self.namespace}/{name} already exists and is not being deleted; "
+                    "delete it (kubectl delete nbk) or start a new kernel"
+                )
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"NotebookKernel {self.namespace}/{name} from before the restart was still being deleted "
+                    f"after {self.launch_timeout:.0f}s"
+                )
+            if old is not None:
+                self.log.info("NotebookOS: waiting for the previous %s/%s to be deleted", self.namespace, name)
+            await asyncio.sleep(self.poll_interval)
 
     async def _wait_ready(self) -> NotebookKernel:
         start = time.monotonic()

@@ -17,6 +17,7 @@ from e2e.testbed.cluster import Cluster
 from e2e.testbed.runner import ProcessRunner
 from e2e.testbed.wait import until
 from notebookos import labels
+from notebookos.api.validate import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,6 +62,13 @@ def test_invalid_examples_refused_with_documented_message(
     out = cluster.kubectl("apply", "-n", namespace, "-f", str(path), check=False)
     assert out.returncode != 0, f"{path.name} was accepted:\n{out.stdout}"
     assert _expect(path) in out.stderr, f"{path.name}: wanted {_expect(path)!r} in:\n{out.stderr}"
+    # `notebookos validate` gives the same verdict: every error the server reports, in its words.
+    offline = validate(yaml.safe_load(path.read_text()))
+    missing = [e for e in offline if e not in out.stderr]
+    assert not missing, f"{path.name}: offline errors the server did not print: {missing}\n{out.stderr}"
+    # kubectl prints one error inline, several as "* ..." lines (strict field validation apart).
+    server = [line for line in out.stderr.splitlines() if line.startswith("* ")] or [out.stderr]
+    assert len(offline) == len(server), f"{path.name}: offline {offline}, server:\n{out.stderr}"
 
 
 def test_immutable_fields_refused(cluster: Cluster, crds: None, namespace: str) -> None:
@@ -74,6 +82,9 @@ def test_immutable_fields_refused(cluster: Cluster, crds: None, namespace: str) 
 def test_kubectl_explain_teaches(cluster: Cluster, crds: None) -> None:
     out = cluster.kubectl("explain", "notebookkernel.spec.replicas").stdout
     assert "Raft replicas of the kernel" in out
+    assert "Default: 3." in out, out  # defaults are visible where users look for them
+    out = cluster.kubectl("explain", "notebookkernel.spec.resources").stdout
+    assert "Default: 4Gi." in " ".join(out.split()), out
     out = cluster.kubectl("get", "notebookos", "-A").stdout + cluster.kubectl("get", "nbk", "-A").stdout
     assert "error" not in out.lower()
 

@@ -420,13 +420,15 @@ def test_broker_with_real_tokens_and_status_records(cluster: Cluster, namespace:
         assert rel.json() == {"released": True, "devices": devices}
         status = custom.get_namespaced_custom_object("notebookos.io", "v1alpha1", namespace, "kernelreplicas", "k1-1")
         assert "gpuBinding" not in status.get("status", {})
+        assert status["status"]["gpuSecondsBound"] > 0  # the grant's GPU-seconds, added as it ended
 
         # never on a node where replica 1 does not run
         body = {"kernel": "k1", "replica": 1, "node": other, "gpus": 1, "executionId": "cell-w"}
         r = requests.post(f"{url}/v1/acquire", json=body, headers={"Authorization": f"Bearer {tok_k1}"}, timeout=30)
         assert r.status_code == 409 and f"runs on node {node}, not {other}" in r.json()["reason"]
 
-        # the store's conditional clear (JSON patch test op) never removes a newer execution's record
+        # the store's conditional clear (read, check the execution, write on that version) never
+        # removes a newer execution's record
         store = KubeBindingStore(cluster.api())
         stale = Grant(f"{namespace}/k1", 2, node, ("GPU-old",), "cell-old", 1)
         asyncio.run(store.clear(stale))

@@ -14,7 +14,9 @@ from pathlib import Path
 
 # Jupyter channels in the order their ports follow a base port: base, base+1, ... base+4.
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
-DEFAULT_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+# Where the kubelet mounts the pod's service-account token, CA and namespace; a pod says otherwise
+# with NOTEBOOKOS_SERVICE_ACCOUNT_DIR (the test bed's process runner does: its pods have no mounts).
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 class ConfigError(ValueError):
@@ -79,6 +81,12 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def service_account_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The folder holding the pod's service-account ``token``, ``ca.crt`` and ``namespace``."""
+    env = os.environ if env is None else env
+    return Path(env.get("NOTEBOOKOS_SERVICE_ACCOUNT_DIR", "").strip() or SERVICE_ACCOUNT_DIR)
+
+
 def read_key(env: Mapping[str, str]) -> bytes:
     """The kernel's HMAC key: NOTEBOOKOS_KEY, or the file NOTEBOOKOS_KEY_FILE (a mounted Secret)."""
     if env.get("NOTEBOOKOS_KEY_FILE"):
@@ -107,7 +115,7 @@ class BrokerConfig:
             raise ConfigError(f"NOTEBOOKOS_BROKER_URL must be an http(s) URL, got {url!r}")
         return cls(
             url=url,
-            token_file=env.get("NOTEBOOKOS_BROKER_TOKEN_FILE", DEFAULT_TOKEN_FILE),
+            token_file=env.get("NOTEBOOKOS_BROKER_TOKEN_FILE", "").strip() or str(service_account_dir(env) / "token"),
             timeout=_float(env, "NOTEBOOKOS_BROKER_TIMEOUT", 5.0),
         )
 
@@ -180,6 +188,7 @@ class RouterConfig:
     broker: BrokerConfig
     target_policy: str  # affinity | rotate
     connection_file: Path | None
+    gpu_wait: float = 300.0  # how long a cell waits for GPUs (a migration, a new node) before it fails
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RouterConfig:
@@ -202,6 +211,7 @@ class RouterConfig:
             broker=broker,
             target_policy=policy,
             connection_file=Path(cf) if cf else None,
+            gpu_wait=_float(env, "NOTEBOOKOS_GPU_WAIT_SECONDS", 300.0),
         )
 
 

@@ -15,22 +15,22 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from notebookos.kernel.broker import Granted, LedgerBroker
 from notebookos.kernel.config import CHANNELS
 
 
-def free_port_block(n: int = 5, host: str = "127.0.0.1") -> int:
+def free_port_block(n: int = 5, host: str = "127.0.0.1", avoid: set[int] | None = None) -> int:
     """A base port with n consecutive free ports after it, below Linux's ephemeral range (32768+),
-    so outgoing connections cannot take a port between choosing it and a process binding it."""
+    so outgoing connections cannot take a port between choosing it and a process binding it.
+    Ports in ``avoid`` (chosen before, maybe not bound yet) are never part of the block."""
     rng = random.SystemRandom()
     for _ in range(500):
         base = rng.randrange(20000, 32000 - n)
+        if avoid and avoid & set(range(base, base + n)):
+            continue
         socks = []
         try:
             for i in range(n):
@@ -65,9 +65,12 @@ class LocalKernel:
         self.n = replicas
         self.kernel = kernel
         self.key = secrets.token_hex(16)
-        self.raft_ports = {i: free_port_block(1) for i in range(1, replicas + 1)}
-        self.jupyter_ports = {i: free_port_block(5) for i in range(1, replicas + 1)}
-        self.router_port = free_port_block(5)
+        # One block for the whole kernel, so no two of its processes are given the same port.
+        nch = len(CHANNELS)
+        base = free_port_block(nch * (replicas + 1) + replicas)
+        self.router_port = base
+        self.jupyter_ports = {i: base + nch * i for i in range(1, replicas + 1)}
+        self.raft_ports = {i: base + nch * (replicas + 1) + i - 1 for i in range(1, replicas + 1)}
         self.store = self.workdir / "store"
         self.store.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -80,7 +83,7 @@ class LocalKernel:
             "NOTEBOOKOS_TARGET_POLICY": target_policy,
             "NOTEBOOKOS_EXECUTOR_LOST_TIMEOUT": "1.5",
             "NOTEBOOKOS_ELECTION_TIMEOUT": "2",
-            "NOTEBOOKOS_LOG_LEVEL": "INFO",
+            "NOTEBOOKOS_LOG_LEVEL": os.environ.get("NOTEBOOKOS_LOG_LEVEL", "INFO"),
             "PYTHONUNBUFFERED": "1",
             **({"NOTEBOOKOS_BROKER_URL": broker_url} if broker_url else {}),
             **({"NOTEBOOKOS_BROKER_TOKEN_FILE": token_file} if token_file else {}),
@@ -100,6 +103,14 @@ class LocalKernel:
         self.procs[name] = p
         return p
 
+    def ports(self) -> set[int]:
+        """Every port this kernel's processes are given."""
+        nch = len(CHANNELS)
+        out = set(self.raft_ports.values())
+        for b in (self.router_port, *self.jupyter_ports.values()):
+            out |= set(range(b, b + nch))
+        return out
+
     def peers(self) -> str:
         return ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.raft_ports.items())
 
@@ -116,12 +127,14 @@ class LocalKernel:
         }
         return self._spawn(f"replica-{rid}", "notebookos.kernel.replica", env)
 
-    def move_replica(self, rid: int) -> subprocess.Popen[bytes]:
-        """Kill replica rid and start it again at a new Raft address, as a pod replaced on another
-        node would be: only the new process knows the new address; the others learn it through
-        the router."""
+    def move_replica(self, rid: int, jupyter: bool = False) -> subprocess.Popen[bytes]:
+        """Kill replica rid and start it again at a new Raft address (and, with jupyter, new
+        Jupyter ports), as a pod replaced on another node would be: only the new process knows
+        its new address; the others learn it through the router."""
         self.kill(f"replica-{rid}")
-        self.raft_ports[rid] = free_port_block(1)
+        self.raft_ports[rid] = free_port_block(1, avoid=self.ports())
+        if jupyter:
+            self.jupyter_ports[rid] = free_port_block(len(CHANNELS), avoid=self.ports())
         return self.start_replica(rid)
 
     def start_router(self) -> subprocess.Popen[bytes]:
@@ -199,57 +212,6 @@ class LocalKernel:
     def log(self, name: str) -> str:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
-
-
-TOKEN = "local-broker-token"  # what BrokerServer expects as bearer token
-
-
-class BrokerServer:
-    """The GPU broker's HTTP contract over the in-process LedgerBroker: GPUs without a cluster,
-    for tests and local runs (the real broker is in scheduler_extender/)."""
-
-    def __init__(self) -> None:
-        self.broker = LedgerBroker()
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    return self._send(401, {"reason": "bad token"})
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                outer.calls.append((self.path, body))
-                if self.path == "/acquire":
-                    r = outer.broker.acquire(
-                        body["kernel"], body["replica"], body["node"], body["gpus"], body["executionId"]
-                    )
-                    if isinstance(r, Granted):
-                        return self._send(200, {"devices": list(r.devices), "node": r.node})
-                    return self._send(409 if r.code == "Conflict" else 503, {"reason": r.reason, "code": r.code})
-                if self.path == "/release":
-                    outer.broker.release(body["executionId"])
-                    return self._send(200, {})
-                return self._send(404, {"reason": "no such path"})
-
-            def _send(self, code: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def run(

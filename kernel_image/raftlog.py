@@ -9,17 +9,28 @@ the referenced state into the namespace, so a large load never stalls Raft heart
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pysyncobj.dns_resolver
+import pysyncobj.syncobj
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.node import TCPNode
 
 from notebookos.kernel.config import Address
+from notebookos.kernel.contract import ABORTED, OK
+
+# PySyncObj draws its election timeouts (at every heartbeat) from the module-global generator,
+# which is the user's: `random.seed(1234)` in a cell would not give what ipykernel gives. Give it
+# private generators (a Random instance has the same random() and choice()).
+pysyncobj.syncobj.random = random.Random()
+pysyncobj.dns_resolver.random = random.Random()
 
 FAILED = 0  # decision value when no replica can execute (all yielded / election closed)
 KEEP_DECISIONS = 512  # bounded history of per-execution records
@@ -109,7 +120,12 @@ class KernelState(SyncObjConsumer):
         # replicated state (everything set below is serialized into snapshots)
         self.decisions: OrderedDict[str, int] = OrderedDict()
         self.proposals: dict[str, dict[int, bool]] = {}
-        self.done: OrderedDict[str, str] = OrderedDict()  # exec id -> ok | aborted
+        # exec id -> replica -> why it yielded (its broker's refusal), kept for failed elections so
+        # every replica's error names every node that was full, not just its own
+        self.refusals: OrderedDict[str, dict[int, str]] = OrderedDict()
+        self.done: OrderedDict[str, str] = OrderedDict()  # exec id -> OK | ABORTED
+        # exec id -> (replica, boot) of the process that started running it, until it is done
+        self.running: OrderedDict[str, tuple[int, str]] = OrderedDict()
         self.vars: dict[str, int] = {}
         self.blobs: dict[int, BlobRef] = {}
         self.blob_seq = 0
@@ -139,28 +155,25 @@ class KernelState(SyncObjConsumer):
     # --- executor choice -----------------------------------------------------------------------------
 
     @replicated
-    def decide(self, exec_id: str, winner: int) -> int:
-        """Fast path: every replica proposes the router's target; the first commit settles it."""
-        if exec_id not in self.decisions:
-            self.decisions[exec_id] = winner
-            self._trim(self.decisions)
-            self._bump()
-        return self.decisions[exec_id]
-
-    @replicated
-    def propose(self, exec_id: str, replica: int, lead: bool) -> int | None:
-        """Fallback election: LEAD or YIELD. The first committed LEAD wins (the log orders
-        proposals identically everywhere); if every member yields, the execution fails."""
+    def propose(self, exec_id: str, replica: int, lead: bool, reason: str = "") -> int | None:
+        """Fallback election: LEAD or YIELD (with the reason). The first committed LEAD wins (the
+        log orders proposals identically everywhere); if every member yields, the execution fails."""
         props = self.proposals.setdefault(exec_id, {})
         props[replica] = lead
+        if not lead and reason and exec_id not in self.decisions:
+            self.refusals.setdefault(exec_id, {})[replica] = reason
+            self._trim(self.refusals)
         if exec_id not in self.decisions:
             if lead:
                 self.decisions[exec_id] = replica
             elif len(props) >= self._members and not any(props.values()):
                 self.decisions[exec_id] = FAILED
+                self.exec_count += 1  # a failed cell takes a number, as an error does in ipykernel
             if exec_id in self.decisions:
                 self._trim(self.decisions)
                 self.proposals.pop(exec_id, None)
+                if self.decisions[exec_id] != FAILED:
+                    self.refusals.pop(exec_id, None)
             self._bump()
         return self.decisions.get(exec_id)
 
@@ -169,6 +182,7 @@ class KernelState(SyncObjConsumer):
         """The election window ended (a member is down): no LEAD so far means failure."""
         if exec_id not in self.decisions:
             self.decisions[exec_id] = FAILED
+            self.exec_count += 1
             self.proposals.pop(exec_id, None)
             self._trim(self.decisions)
             self._bump()
@@ -177,21 +191,40 @@ class KernelState(SyncObjConsumer):
     # --- state sync ------------------------------------------------------------------------------------
 
     @replicated
+    def started(self, exec_id: str, replica: int, boot: str) -> str | None:
+        """The executor's process (boot) has the request and runs it. Proposed without waiting, so
+        it is off the cell's critical path; it lets a later hello of the same replica abort the
+        cell (its process is gone). A started entry of a superseded process aborts at once."""
+        if exec_id in self.done:
+            return self.done[exec_id]
+        if self.boots.get(replica) != boot:
+            return self._abort(exec_id)
+        self.running[exec_id] = (replica, boot)
+        self._trim(self.running)
+        self._bump()
+        return None
+
+    @replicated
     def commit(
         self,
         exec_id: str,
         replica: int,
+        boot: str,
         exec_count: int,
         code: str,
         blob: BlobRef | None,
         changed: list[str],
         deleted: list[str],
     ) -> str:
-        """The executor's state change. Ignored if the execution was aborted (its executor was
-        declared lost) so the state stays that of the last committed cell."""
+        """The executor's state change, the cell's one commit on its critical path. Ignored if the
+        execution was aborted first (its executor declared lost) or comes from a process that is
+        no longer the replica, so the state stays that of the last committed cell."""
         if exec_id in self.done:
             return self.done[exec_id]
-        self.done[exec_id] = "ok"
+        if self.boots.get(replica) != boot:
+            return self._abort(exec_id)
+        self.running.pop(exec_id, None)
+        self.done[exec_id] = OK
         self._trim(self.done)
         if blob is not None:
             self.blob_seq = max(self.blob_seq, blob.seq)
@@ -206,7 +239,7 @@ class KernelState(SyncObjConsumer):
         del self.history[:-200]
         self._gc()
         self._bump()
-        return "ok"
+        return OK
 
     def _gc(self) -> None:
         live: set[int] = set()
@@ -220,19 +253,27 @@ class KernelState(SyncObjConsumer):
         for seq in [s for s in self.blobs if s not in live]:
             del self.blobs[seq]
 
-    @replicated
-    def abort(self, exec_id: str) -> str:
+    def _abort(self, exec_id: str) -> str:
         if exec_id not in self.done:
-            self.done[exec_id] = "aborted"
+            self.done[exec_id] = ABORTED
             self._trim(self.done)
+            self.running.pop(exec_id, None)
+            self.exec_count += 1  # the lost cell keeps its number, as an error does in ipykernel
             self._bump()
         return self.done[exec_id]
+
+    @replicated
+    def abort(self, exec_id: str) -> str:
+        return self._abort(exec_id)
 
     @replicated
     def hello(self, replica: int, boot: str) -> None:
         """A replica process announces itself: a new boot id for an id means its previous process,
         and any cell it was running, is gone (even if it came back at the same address in time)."""
         self.boots[replica] = boot
+        for exec_id, (rid, b) in list(self.running.items()):
+            if rid == replica and b != boot:
+                self._abort(exec_id)
         self._bump()
 
     @replicated
@@ -250,6 +291,17 @@ class KernelState(SyncObjConsumer):
             last_executor=self.last_executor,
             history=list(self.history),
         )
+
+    def snapshot_retrying(self) -> Snapshot:
+        for _ in range(100):
+            try:
+                return self.snapshot()
+            except RuntimeError:  # mutated by the Raft thread while copying
+                time.sleep(0.001)
+        return self.snapshot()
+
+    def outcome(self, exec_id: str | None) -> str | None:
+        return self.done.get(exec_id) if exec_id else None
 
 
 # --- the group ---------------------------------------------------------------------------------------

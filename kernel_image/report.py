@@ -2,19 +2,29 @@
 ``GPUUnavailable`` condition (True while no replica's node can grant GPUs, False again once a cell
 gets them). Best effort: a failure is logged, never raised into the cell's path.
 
-The router uses it when it runs in a cluster (``NOTEBOOKOS_NAMESPACE`` set, as the operator's pod
-builder does); pykube-ng talks to the API server with the pod's service-account token.
+The router and the replicas use it when they run in a cluster (``NOTEBOOKOS_NAMESPACE`` set, as the
+operator's pod builder does); pykube-ng talks to the API server with the token, CA and address the
+pod really has: the service-account folder named by ``NOTEBOOKOS_SERVICE_ACCOUNT_DIR`` (the
+kubelet's mount path by default) and ``KUBERNETES_SERVICE_HOST``/``_PORT``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
+
+from notebookos.api.models import ConditionType
+from notebookos.kernel.config import service_account_dir
 
 log = logging.getLogger("notebookos.kernel.report")
 GROUP_VERSION = "notebookos.io/v1alpha1"
-CONDITION = "GPUUnavailable"
+CONDITION = ConditionType.GPU_UNAVAILABLE.value
+# What the operator is doing about an overload, shown to a waiting cell (its conditions' messages).
+PROGRESS = (ConditionType.MIGRATING.value, ConditionType.CAPACITY_REQUESTED.value)
 
 
 class Reporter(Protocol):
@@ -25,6 +35,8 @@ class Reporter(Protocol):
     def activity(self, executor: int, cells: int, when: str) -> None: ...
 
     def replica(self, replica: int, raft: dict[str, Any]) -> None: ...
+
+    def progress(self) -> str | None: ...
 
 
 class LogReporter:
@@ -42,23 +54,51 @@ class LogReporter:
     def replica(self, replica: int, raft: dict[str, Any]) -> None:
         pass
 
+    def progress(self) -> str | None:
+        return None
+
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _read_token(sa_dir: Path | None) -> str | None:
+    try:
+        return (sa_dir / "token").read_text().strip() if sa_dir is not None else None
+    except OSError:
+        return None
+
+
+def _client_for(sa_dir: Path) -> Any:
+    import pykube
+
+    return pykube.HTTPClient(pykube.KubeConfig.from_service_account(str(sa_dir)))
+
+
 class KubeReporter:
-    def __init__(self, api: Any, namespace: str, kernel: str) -> None:
-        self.api = api  # a pykube.HTTPClient
+    def __init__(self, api: Any, namespace: str, kernel: str, sa_dir: Path | None = None) -> None:
+        self._client = api  # a pykube.HTTPClient
         self.namespace = namespace
         self.kernel = kernel
-        self.flagged = False
+        # None: not known. A predecessor (a router made anew) may have left GPUUnavailable=True that
+        # nothing else would clear: the first cell served looks (one read) and clears it.
+        self.flagged: bool | None = None
+        self.sa_dir = sa_dir
+        self._token = _read_token(sa_dir)
 
     @classmethod
-    def in_cluster(cls, namespace: str, kernel: str) -> KubeReporter:
-        import pykube
+    def in_cluster(cls, namespace: str, kernel: str, sa_dir: Path) -> KubeReporter:
+        return cls(_client_for(sa_dir), namespace, kernel, sa_dir)
 
-        return cls(pykube.HTTPClient(pykube.KubeConfig.from_service_account()), namespace, kernel)
+    @property
+    def api(self) -> Any:
+        # Projected tokens rotate (the kubelet rewrites the file); pykube reads it once, so a new
+        # token means a new client.
+        if self.sa_dir is not None:
+            token = _read_token(self.sa_dir)
+            if token and token != self._token:
+                self._client, self._token = _client_for(self.sa_dir), token
+        return self._client
 
     def overloaded(self, message: str) -> None:
         try:
@@ -69,6 +109,8 @@ class KubeReporter:
             log.warning("could not report the overload of %s to the API server: %s", self.kernel, e)
 
     def served(self) -> None:
+        if self.flagged is None:
+            self.flagged = self._gpu_unavailable()
         if not self.flagged:
             return
         try:
@@ -88,6 +130,28 @@ class KubeReporter:
         """KernelReplica status fields the replica owns: its Raft view and a heartbeat."""
         body = {"status": {"raft": raft, "lastHeartbeat": now_rfc3339()}}
         self._merge_status(f"kernelreplicas/{self.kernel}-{replica}", body)
+
+    def _conditions(self) -> list[dict[str, Any]] | None:
+        """The kernel's conditions as the API server has them; None if they cannot be read."""
+        try:
+            r = self.api.get(url=f"notebookkernels/{self.kernel}", version=GROUP_VERSION, namespace=self.namespace)
+            r.raise_for_status()
+            return list((r.json().get("status") or {}).get("conditions") or [])
+        except Exception as e:
+            log.warning("could not read the status of %s: %s", self.kernel, e)
+            return None
+
+    def _gpu_unavailable(self) -> bool:
+        conds = self._conditions()
+        if conds is None:
+            return True  # clear it to be sure
+        return any(c.get("type") == CONDITION and c.get("status") == "True" for c in conds)
+
+    def progress(self) -> str | None:
+        """What the operator is doing for this kernel's GPUs (a move, a new node), or None."""
+        conds = self._conditions() or []
+        said = [str(c.get("message") or "") for c in conds if c.get("type") in PROGRESS and c.get("status") == "True"]
+        return "; ".join(m for m in said if m) or None
 
     def _merge_status(self, url: str, body: dict[str, Any]) -> None:
         try:
@@ -162,15 +226,15 @@ class KubeReporter:
         raise RuntimeError(f"{CONDITION} of {self.kernel}: the status kept changing (409 three times)")
 
 
-def reporter_from_env(kernel: str) -> Reporter:
+def reporter_from_env(kernel: str, env: Mapping[str, str] | None = None) -> Reporter:
     """KubeReporter in a pod (NOTEBOOKOS_NAMESPACE set and a service account), else LogReporter."""
-    import os
-
-    namespace = os.environ.get("NOTEBOOKOS_NAMESPACE", "").strip()
+    env = os.environ if env is None else env
+    namespace = env.get("NOTEBOOKOS_NAMESPACE", "").strip()
     if not namespace:
         return LogReporter()
+    sa_dir = service_account_dir(env)
     try:
-        return KubeReporter.in_cluster(namespace, kernel)
+        return KubeReporter.in_cluster(namespace, kernel, sa_dir)
     except Exception as e:
-        log.warning("no Kubernetes API for status reports (%s); logging only", e)
+        log.warning("no Kubernetes API for status reports (service account %s: %s); logging only", sa_dir, e)
         return LogReporter()

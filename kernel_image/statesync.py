@@ -388,6 +388,20 @@ class StateTracker:
         self.applied_version = snap.version
         return setnames
 
+    def revert(self, snap: Snapshot, ns: dict[str, Any], hidden: Mapping[str, Any]) -> list[str]:
+        """Undo a cell whose commit was aborted: forget every object this replica holds for the
+        blobs (the aborted cell may have changed them in place), drop the names the log does not
+        have, and load every value again from the log's blobs."""
+        self.loaded.clear()
+        self.assigned.clear()
+        self.fingerprints.clear()
+        self._deps.clear()
+        self.applied_version = -1
+        for name in user_names(ns, hidden):
+            if name not in snap.vars:
+                del ns[name]
+        return self.apply(snap, ns)
+
     def _load(self, seq: int, blobs: Mapping[int, BlobRef], loading: set[int], ns: dict[str, Any]) -> dict[str, Any]:
         if seq in self.loaded:
             return self.loaded[seq]

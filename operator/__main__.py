@@ -16,8 +16,10 @@ from typing import cast
 
 import kopf
 
+from notebookos.kubeclient import api_client
+
 from .config import ConfigError, OperatorConfig
-from .kube import Kube, Obj, load_client
+from .kube import Kube, Obj
 from .reconcile import Reconciler
 from .status import Event
 
@@ -43,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The operator's flags (also `notebookos operator`)."""
     p.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' for none)")
+    p.add_argument(
+        "--metrics-port", type=int, default=8081, help="port of the Prometheus /metrics endpoint (0 for none)"
+    )
     p.add_argument("--peering", default="notebookos", help="ClusterKopfPeering (or KopfPeering) object name")
     p.add_argument("--standalone", action="store_true", help="no peering: for a single local operator")
     p.add_argument("--priority", type=int, default=None, help="peering priority; the highest acts (default: random)")
@@ -87,9 +92,24 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("notebookos").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("urllib3").setLevel(logging.INFO)  # one line per request drowns the rest
     from . import handlers  # registers the handlers
+    from .handlers import resync
 
+    resync.register(cfg.resync_seconds)
     del handlers
-    reconciler = Reconciler(Kube(load_client()), cfg, post_event)
+    metrics = None
+    if args.metrics_port:
+        from .metrics import serve
+
+        try:
+            metrics = serve(args.metrics_port)
+            logging.getLogger(__name__).info("metrics on :%d/metrics", args.metrics_port)
+        except OSError as exc:  # reconciling matters more than being scraped: run on, say why
+            logging.getLogger(__name__).error("no /metrics: port %d: %s", args.metrics_port, exc.strerror)
+    try:
+        reconciler = Reconciler(Kube(api_client()), cfg, post_event, metrics=metrics)
+    except ConfigError as exc:  # the capacity-request and scale-in settings
+        print(f"notebookos operator: {exc}", file=sys.stderr)
+        return 2
     # Distinct priorities let one of several operator pods act while the others wait (kopf pauses
     # all peers when priorities are equal).
     priority = args.priority if args.priority is not None else random.randint(1, 1_000_000)

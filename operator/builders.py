@@ -271,36 +271,33 @@ def _common_env(kernel: NotebookKernel, cfg: OperatorConfig) -> list[Manifest]:
         },
         _env_value("NOTEBOOKOS_GPUS", str(kernel.spec.resources.gpus)),
         _env_value("HOME", SCRATCH_DIR),
+        # Where the pod's token is; status reports and the broker use it. The kubelet mounts it here;
+        # a runtime that puts it elsewhere (the test bed's process runner) rewrites this one value.
+        _env_value("NOTEBOOKOS_SERVICE_ACCOUNT_DIR", SERVICE_ACCOUNT_DIR),
     ]
     if cfg.broker_url:
         env.append(_env_value("NOTEBOOKOS_BROKER_URL", cfg.broker_url))
-        # Named explicitly (it is also the kernel's default) so the contract shows where the token is.
-        env.append(_env_value("NOTEBOOKOS_BROKER_TOKEN_FILE", f"{SERVICE_ACCOUNT_DIR}/token"))
     return env
 
 
-def replica_env(kernel: NotebookKernel, replica_id: int, incarnation: int, cfg: OperatorConfig) -> list[Manifest]:
+def replica_env(kernel: NotebookKernel, replica_id: int, cfg: OperatorConfig) -> list[Manifest]:
     """The replica's environment: the single place of the env contract with notebookos.kernel
     (kernel_image/config.py, ReplicaConfig).
 
     The user's variables come first, so that ours (later entries win) cannot be overridden.
     NOTEBOOKOS_PEERS is the complete membership when the container starts (every member's pod IP,
-    this one's included); the ConfigMap named by NOTEBOOKOS_PEERS_CONFIGMAP stays current as
-    replicas move.
+    this one's included). Later moves reach running replicas through Raft (set_peer), not the env.
     """
     kname = _kname(kernel)
     env: list[Manifest] = [_env_value(e.name, e.value) for e in kernel.spec.env]
     env += _common_env(kernel, cfg)
     env += [
         _env_value("NOTEBOOKOS_REPLICA_ID", str(replica_id)),
-        _env_value("NOTEBOOKOS_INCARNATION", str(incarnation)),
-        _env_value("NOTEBOOKOS_REPLICA_COUNT", str(kernel.spec.replicas)),
         # Not optional: the container starts once the membership is complete (see peers_configmap).
         {
             "name": "NOTEBOOKOS_PEERS",
             "valueFrom": {"configMapKeyRef": {"name": naming.peers_configmap_name(kname), "key": naming.PEERS_KEY}},
         },
-        _env_value("NOTEBOOKOS_PEERS_CONFIGMAP", naming.peers_configmap_name(kname)),
         _env_value("NOTEBOOKOS_RAFT_PORT", str(cfg.raft_port)),
         _env_value("NOTEBOOKOS_RAFT_BIND", f"$(POD_IP):{cfg.raft_port}"),
         _env_value("NOTEBOOKOS_JUPYTER_IP", "$(POD_IP)"),
@@ -331,6 +328,10 @@ def router_env(kernel: NotebookKernel, members: str, cfg: OperatorConfig) -> lis
         _env_value("NOTEBOOKOS_REPLICAS", members),
         _env_value("NOTEBOOKOS_ROUTER_IP", "$(POD_IP)"),
         _env_value("NOTEBOOKOS_ROUTER_PORT", str(cfg.router_port)),
+        _env_value(
+            "NOTEBOOKOS_GPU_WAIT_SECONDS",
+            str(kernel.spec.gpu_wait_seconds if kernel.spec.gpu_wait_seconds is not None else cfg.gpu_wait_seconds),
+        ),
     ]
 
 
@@ -346,11 +347,24 @@ def replica_annotations(res: KernelResources) -> dict[str, str]:
     return out
 
 
-def replica_pod(kernel: NotebookKernel, replica: Mapping[str, Any], incarnation: int, cfg: OperatorConfig) -> Manifest:
+def disruption_annotations(executing: bool) -> dict[str, str | None]:
+    """A replica pod's word to cluster-autoscaler and Karpenter: an executing replica must not be
+    disrupted until its cell ends; an idle standby is safe to evict (it moves, see migration.py).
+    None removes a key (a merge patch)."""
+    if executing:
+        return {labels.KARPENTER_DO_NOT_DISRUPT: "true", labels.CA_SAFE_TO_EVICT: "false"}
+    return {labels.KARPENTER_DO_NOT_DISRUPT: None, labels.CA_SAFE_TO_EVICT: "true"}
+
+
+def replica_pod(
+    kernel: NotebookKernel, replica: Mapping[str, Any], incarnation: int, cfg: OperatorConfig, node: str | None = None
+) -> Manifest:
     """The pod of one replica incarnation, owned by its KernelReplica.
 
     No nvidia.com/gpu request: GPUs are bound per cell by the broker, and the extender reads the
-    per-cell need from the annotation. Required anti-affinity keeps one replica per node.
+    per-cell need from the annotation. Required anti-affinity keeps one replica per node. `node`:
+    the pod of a migration, held to the node the operator chose (through the scheduler, so the
+    extender still checks and counts it).
     """
     kname = _kname(kernel)
     model = KernelReplica.model_validate(replica)
@@ -366,7 +380,7 @@ def replica_pod(kernel: NotebookKernel, replica: Mapping[str, Any], incarnation:
         "name": "replica",
         "image": model.spec.image or kernel.spec.image or cfg.image,
         "command": [cfg.python, "-m", REPLICA_MODULE],
-        "env": replica_env(kernel, rid, incarnation, cfg),
+        "env": replica_env(kernel, rid, cfg),
         "ports": [
             {"name": "raft", "containerPort": cfg.raft_port, "protocol": "TCP"},
             *(
@@ -390,7 +404,11 @@ def replica_pod(kernel: NotebookKernel, replica: Mapping[str, Any], incarnation:
             "name": naming.replica_pod_name(kname, rid, incarnation),
             "namespace": kernel.metadata.namespace,
             "labels": pod_labels,
-            "annotations": replica_annotations(res),
+            "annotations": {
+                **replica_annotations(res),
+                labels.CA_SAFE_TO_EVICT: "true",
+                **({labels.MIGRATE_TO_ANNOTATION: node} if node else {}),
+            },
             "ownerReferences": [owner_reference(replica)],
         },
         "spec": {
@@ -401,6 +419,7 @@ def replica_pod(kernel: NotebookKernel, replica: Mapping[str, Any], incarnation:
             "nodeSelector": dict(cfg.node_selector),
             "tolerations": _gpu_pool_tolerations(cfg),
             "affinity": {
+                **({"nodeAffinity": _on_node(node)} if node else {}),
                 "podAntiAffinity": {
                     "requiredDuringSchedulingIgnoredDuringExecution": [
                         {
@@ -408,7 +427,7 @@ def replica_pod(kernel: NotebookKernel, replica: Mapping[str, Any], incarnation:
                             "topologyKey": "kubernetes.io/hostname",
                         }
                     ]
-                }
+                },
             },
             "securityContext": _pod_security(),
             **_service_account(kernel, cfg),
@@ -417,6 +436,12 @@ def replica_pod(kernel: NotebookKernel, replica: Mapping[str, Any], incarnation:
             "volumes": volumes,
         },
     }
+
+
+def _on_node(node: str) -> Manifest:
+    # By name (as the DaemonSet controller pins its pods), not by a hostname label a node may lack.
+    term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+    return {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
 
 
 def _channel_ports(base: int) -> dict[str, int]:
@@ -507,6 +532,9 @@ def kernel_role(kernel: NotebookKernel, owner: Manifest) -> Manifest:
                 "resourceNames": [kname],
                 "verbs": ["get", "patch"],
             },
+            # The router's Overloaded Event on its kernel. A create cannot be limited by name; an
+            # Event says something, it changes nothing.
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
         ],
     }
 

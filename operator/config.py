@@ -68,8 +68,8 @@ class OperatorConfig:
     # Pool selection: the GPU pool label, plus extra equality terms (e.g. a test's own node set).
     node_selector: Mapping[str, str] = field(default_factory=lambda: {labels.GPU_POOL_LABEL: labels.GPU_POOL_VALUE})
     extra_tolerations: tuple[Mapping[str, Any], ...] = ()
-    # notebookos.io/runner label on kernel pods (the e2e process runner); empty: no label.
-    runner: str = labels.RUNNER_VALUE
+    # notebookos.io/runner label on kernel pods: only the e2e test bed's process runner wants it.
+    runner: str = ""
     # Service account for kernel pods; empty: none mounted (they need no API access by default).
     kernel_service_account: str = ""
     python: str = "python"
@@ -77,6 +77,13 @@ class OperatorConfig:
     # runtime shows the node's devices to containers of this RuntimeClass with
     # NVIDIA_VISIBLE_DEVICES=all, and the broker decides which one a cell may use.
     runtime_class: str = ""
+    # Seconds between resyncs of an unchanged kernel or replica (kopf timers): the level-triggered
+    # backstop that retries a reconcile that failed, with no other event needed.
+    resync_seconds: int = 60
+    # How long a cell waits for GPUs (a migration, a new node) before it fails; spec.gpuWaitSeconds overrides.
+    gpu_wait_seconds: int = 300
+    # A migration whose new pod is not placed on its target by then is rolled back.
+    migration_timeout_seconds: int = 120
 
     @property
     def router_ports(self) -> ConnectionPorts:
@@ -111,6 +118,12 @@ class OperatorConfig:
             kw["kernel_service_account"] = v
         if v := env.get("NOTEBOOKOS_RUNTIME_CLASS"):
             kw["runtime_class"] = v
+        if v := env.get("NOTEBOOKOS_GPU_WAIT_SECONDS"):
+            kw["gpu_wait_seconds"] = _parse_int("NOTEBOOKOS_GPU_WAIT_SECONDS", v, 0, 86400)
+        if v := env.get("NOTEBOOKOS_MIGRATION_TIMEOUT_SECONDS"):
+            kw["migration_timeout_seconds"] = _parse_int("NOTEBOOKOS_MIGRATION_TIMEOUT_SECONDS", v, 10, 3600)
+        if v := env.get("NOTEBOOKOS_RESYNC_SECONDS"):
+            kw["resync_seconds"] = _parse_int("NOTEBOOKOS_RESYNC_SECONDS", v, 1, 3600)
         if v := env.get("NOTEBOOKOS_KERNEL_PYTHON"):
             kw["python"] = v
         return cls(**kw)

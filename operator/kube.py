@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from notebookos.api import GROUP, VERSION
@@ -12,15 +12,6 @@ from notebookos.api import GROUP, VERSION
 Obj = dict[str, Any]
 
 PLURALS = {"NotebookKernel": "notebookkernels", "KernelReplica": "kernelreplicas"}
-
-
-def load_client() -> client.ApiClient:
-    """In-cluster credentials in a pod, else the current kubeconfig."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
 
 
 class Conflict(Exception):
@@ -53,6 +44,18 @@ class Kube:
     def list_custom(self, kind: str, ns: str, selector: str) -> list[Obj]:
         out = self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[kind], label_selector=selector)
         return [dict(i) for i in out.get("items", [])]
+
+    def list_custom_all(self, kind: str) -> list[Obj]:
+        out = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURALS[kind])
+        return [dict(i) for i in out.get("items", [])]
+
+    def patch_annotations(self, kind: str, ns: str, name: str, annotations: dict[str, str | None]) -> None:
+        """Merge-patch metadata.annotations (None removes a key) of a custom object or a pod."""
+        body = {"metadata": {"annotations": annotations}}
+        if kind == "Pod":
+            self.core.patch_namespaced_pod(name, ns, body)
+        else:
+            self.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[kind], name, body)
 
     def replace_status(self, obj: Obj) -> Obj:
         """PUT the status subresource; the body's resourceVersion makes it a compare-and-swap."""
@@ -117,7 +120,8 @@ class Kube:
             raise
 
     def exists(self, kind: str, ns: str, name: str) -> bool:
-        # Secrets: read only to learn that one exists; the key itself is never looked at.
+        # Secrets: read to learn that one exists, and the kernel's key to sign the router's control
+        # messages (router_control.py); never logged or written anywhere.
         return self.get(kind, ns, name) is not None
 
     def patch_configmap_data(self, ns: str, name: str, data: dict[str, str | None]) -> None:
@@ -133,6 +137,22 @@ class Kube:
     def list_pods(self, ns: str, selector: str) -> list[Obj]:
         return [self._dict(p) for p in self.core.list_namespaced_pod(ns, label_selector=selector).items]
 
+    def list_all_pods(self, selector: str) -> list[Obj]:
+        return [self._dict(p) for p in self.core.list_pod_for_all_namespaces(label_selector=selector).items]
+
+    def list_nodes(self, selector: str = "") -> list[Obj]:
+        return [self._dict(n) for n in self.core.list_node(label_selector=selector).items]
+
+    def set_node_taints(self, name: str, resource_version: str | None, taints: list[Obj]) -> None:
+        """Replace a node's taints, only if it is still at `resource_version` (else Conflict)."""
+        meta = {"resourceVersion": resource_version} if resource_version else {}
+        try:
+            self.core.patch_node(name, {"metadata": meta, "spec": {"taints": taints}})
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(name) from exc
+            raise
+
     def list_pods_on_node(self, node: str, selector: str) -> list[Obj]:
         pods = self.core.list_pod_for_all_namespaces(label_selector=selector, field_selector=f"spec.nodeName={node}")
         return [self._dict(p) for p in pods.items]
@@ -143,6 +163,14 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+    def get_node(self, name: str) -> Obj | None:
+        try:
+            return self._dict(self.core.read_node(name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def node_exists(self, name: str) -> bool:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from notebookos import labels
+from notebookos.api.models import DNS1035_PATTERN, MAX_KERNEL_NAME
 
 COMPONENT_REPLICA = "replica"
 COMPONENT_ROUTER = "router"
@@ -17,10 +18,9 @@ HMAC_SECRET_KEY = "key"
 PEERS_KEY = "peers"
 ROUTER_MEMBERS_ANNOTATION = f"{labels.DOMAIN}/replicas"  # the router's NOTEBOOKOS_REPLICAS
 
-# The longest suffix added to a kernel name is "-replicas" (the headless Service, a DNS-1035 label
-# of at most 63 characters); kernel names are also label values (at most 63).
-MAX_KERNEL_NAME = 63 - len("-replicas")
-_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# The API server refuses longer or malformed names (CEL rules of the CRD); checked here too for
+# kernels admitted before those rules existed.
+_DNS1035 = re.compile(DNS1035_PATTERN)
 
 
 def kernel_name_problem(name: str) -> str | None:

@@ -7,20 +7,26 @@ objects in the API server, so an operator restarted at any point picks up where 
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import logging
+import os
 import threading
 from collections.abc import Callable, Hashable
 from datetime import UTC, datetime
 from typing import Any
 
 from notebookos import labels
-from notebookos.api import KernelReplica, NotebookKernel
+from notebookos.api import ConditionStatus, ConditionType, KernelReplica, NotebookKernel, ReplicaPhase
+from notebookos.policy.placement import DEFAULT_MAX_SUBSCRIPTION_RATIO
 
-from . import builders, naming
+from . import builders, capacity, migration, naming, router_control, scaling
 from . import status as st
-from .config import OperatorConfig
+from .capacity import CapacityConfig
+from .config import CHANNELS, OperatorConfig
 from .kube import Conflict, Kube, Obj
+from .metrics import KernelMetrics, KernelSample
+from .scale_in import ScaleIn, ScaleInConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +48,18 @@ def _owned_by(obj: Obj, uid: str) -> bool:
 
 class Reconciler:
     def __init__(
-        self, kube: Kube, cfg: OperatorConfig, post: PostEvent, clock: Callable[[], datetime] = utcnow
+        self,
+        kube: Kube,
+        cfg: OperatorConfig,
+        post: PostEvent,
+        clock: Callable[[], datetime] = utcnow,
+        metrics: KernelMetrics | None = None,
+        capacity: CapacityConfig | None = None,
+        scale_in: ScaleInConfig | None = None,
     ) -> None:
-        self.kube, self.cfg, self.post, self.clock = kube, cfg, post, clock
+        self.kube, self.cfg, self.post, self.clock, self.metrics = kube, cfg, post, clock, metrics
+        self.capacity = capacity or CapacityConfig.from_env()
+        self.scale_in = ScaleIn(kube, scale_in or ScaleInConfig.from_env(os.environ), cfg.node_selector, post, clock)
         # Mutual exclusion only (one reconcile per object at a time inside this process); no state.
         self._guard = threading.Lock()
         self._locks: dict[Hashable, threading.Lock] = {}
@@ -64,25 +79,34 @@ class Reconciler:
                     continue  # someone wrote the object meanwhile: read again, decide again
             log.warning("gave up on %s after %d conflicting writes; the next event retries", key, ATTEMPTS)
 
-    def _write_status(self, obj: Obj, old: Any, new: Any, events: list[st.Event]) -> None:
+    def _write_status(self, obj: Obj, old: Any, new: Any, events: list[st.Event]) -> bool:
+        """Write `new` if it differs from `old` and post `events` on the written object; whether it wrote."""
         if new.to_wire() == old.to_wire():
-            return
+            return False
         body = {**obj, "status": new.to_wire()}
         written = self.kube.replace_status(body)
         for event in events:
             self.post(written, event)
+        return True
 
     # ------------------------------------------------------------------------------------------ kernel
 
     def kernel(self, ns: str, name: str) -> None:
         self._retrying(("kernel", ns, name), lambda: self._kernel_once(ns, name))
+        # Cluster-wide, rate-limited: kernel reconciles (events and resync timers) drive it, so it
+        # runs only in the operator that acts (kopf peering) and needs no handler of its own.
+        self.scale_in.maybe_run()
 
     def _kernel_once(self, ns: str, name: str) -> None:
         kube, cfg = self.kube, self.cfg
         obj = kube.get_custom("NotebookKernel", ns, name)
         if obj is None or _deleting(obj):
+            if self.metrics:
+                self.metrics.forget(ns, name)
             return  # children go with it through their ownerReferences
         kernel = NotebookKernel.model_validate(obj)
+        if self.metrics:
+            self.metrics.reconciles.labels("NotebookKernel").inc()
         now = self.clock()
         problem = naming.kernel_name_problem(name)
         if problem is not None:
@@ -125,8 +149,16 @@ class Reconciler:
                 if made is not None:
                     raw.append(made)
         replicas = [KernelReplica.model_validate(r) for r in raw]
+        moving = {int(r["spec"]["replicaId"]): m for r in raw if (m := migration.move_of(r)) is not None}
+        addresses = builders.peer_addresses(replicas)
+        for r in replicas:
+            m = moving.get(r.spec.replica_id)
+            if m is not None and r.status.node_name != m.target:
+                # Until its new pod is on the target, the moving replica has no address to give: the
+                # new container must not start with the old one's.
+                addresses.pop(r.spec.replica_id, None)
 
-        peers = builders.peers_configmap(kernel, owner, builders.peer_addresses(replicas), cfg)
+        peers = builders.peers_configmap(kernel, owner, addresses, cfg)
         current = kube.get("ConfigMap", ns, naming.peers_configmap_name(name))
         if current is None:
             kube.create(peers)
@@ -135,11 +167,179 @@ class Reconciler:
             removed: dict[str, str | None] = {k: None for k in have_data if k not in peers["data"]}
             kube.patch_configmap_data(ns, naming.peers_configmap_name(name), {**peers["data"], **removed})
 
-        addresses = builders.peer_addresses(replicas)
         complete = set(addresses) >= set(range(1, kernel.spec.replicas + 1))
         router = self._router(kernel, owner, builders.router_members(addresses, cfg) if complete else None)
         new = st.kernel_status(kernel, replicas, router, service, cfg, now)
+        conds, no_target = self._migrate(kernel, obj, replicas, moving, new.conditions, now)
+        conds = self._scale_out(kernel, obj, owner, replicas, no_target, moving, conds, now)
+        new = new.model_copy(update={"conditions": conds})
         self._write_status(obj, kernel.status, new, st.kernel_events(kernel.status, new))
+        if self.metrics:
+            created = st.parse_time((obj.get("metadata") or {}).get("creationTimestamp")) or now
+            sample = KernelSample(kernel.spec.resources.gpus, created, new.gpu_seconds_bound, str(new.phase))
+            self.metrics.observe(ns, name, sample)
+
+    def _migrate(
+        self,
+        kernel: NotebookKernel,
+        obj: Obj,
+        replicas: list[KernelReplica],
+        moving: dict[int, migration.Move],
+        conds: list[Any],
+        now: datetime,
+    ) -> tuple[list[Any], str | None]:
+        """Start a move if the kernel needs one (migration.decide); the Migrating condition says
+        what is under way, or why nothing can move. Also returns that why (None if something moves
+        or nothing needs to)."""
+        ns, name = kernel.metadata.namespace or "", kernel.metadata.name or ""
+        gen = kernel.metadata.generation
+        if moving:
+            rid, m = next(iter(sorted(moving.items())))
+            r = next((x for x in replicas if x.spec.replica_id == rid), None)
+            source = f" from {r.status.node_name}" if r is not None and r.status.node_name != m.target else ""
+            msg = f"moving replica {rid}{source} to {m.target}: {m.reason}"
+            return (
+                st.set_condition(conds, ConditionType.MIGRATING, ConditionStatus.TRUE, "Moving", msg, now, gen),
+                None,
+            )
+        gpu = st.get_condition(kernel.status.conditions, ConditionType.GPU_UNAVAILABLE)
+        draining = any(
+            (c := st.get_condition(r.status.conditions, ConditionType.NODE_DRAINING)) is not None
+            and c.status == ConditionStatus.TRUE
+            for r in replicas
+        )
+        decision: migration.Decision | str | None = None
+        if draining or (gpu is not None and gpu.status == ConditionStatus.TRUE):
+            # Only the nodes its pods may go to (the GPU pool's selector).
+            pool = self.kube.list_nodes(naming.label_selector(dict(self.cfg.node_selector)))
+            nodes = migration.node_views(
+                pool,
+                self.kube.list_all_pods(migration.replica_pods_selector()),
+                self.kube.list_custom_all("KernelReplica"),
+            )
+            rows = [(r, None, r.status.last_migration) for r in replicas]
+            decision = migration.decide(kernel, rows, nodes, DEFAULT_MAX_SUBSCRIPTION_RATIO, now)
+        if isinstance(decision, migration.Decision):
+            d = decision
+            self.kube.patch_annotations(
+                "KernelReplica", ns, naming.replica_name(name, d.replica), migration.move_annotations(d, now)
+            )
+            msg = f"moving replica {d.replica} from {d.source} to {d.target}: {d.reason}"
+            log.info("kernel %s/%s: %s", ns, name, msg)
+            self.post(obj, st.Event("Normal", "MigrationStarted", msg))
+            return (
+                st.set_condition(conds, ConditionType.MIGRATING, ConditionStatus.TRUE, "Moving", msg, now, gen),
+                None,
+            )
+        if isinstance(decision, str):
+            old = st.get_condition(conds, ConditionType.MIGRATING)
+            if old is None or old.message != decision:
+                self.post(obj, st.Event("Warning", "NoMigrationTarget", decision))
+            conds = st.set_condition(
+                conds, ConditionType.MIGRATING, ConditionStatus.FALSE, "NoTarget", decision, now, gen
+            )
+            return conds, decision
+        return (
+            st.set_condition(conds, ConditionType.MIGRATING, ConditionStatus.FALSE, "NotNeeded", "", now, gen),
+            None,
+        )
+
+    def _scale_out(
+        self,
+        kernel: NotebookKernel,
+        obj: Obj,
+        owner: Obj,
+        replicas: list[KernelReplica],
+        no_target: str | None,
+        moving: dict[int, migration.Move],
+        conds: list[Any],
+        now: datetime,
+    ) -> list[Any]:
+        """Capacity requests for what no node can take (scaling.py); the CapacityRequested
+        condition, Events and the pending-demand gauge say so."""
+        ns, name, gen = kernel.metadata.namespace or "", kernel.metadata.name or "", kernel.metadata.generation
+        cap = self.capacity
+        pool_memory = None
+        if kernel.spec.resources.gpu_memory is not None and (no_target or scaling.unplaced(replicas)):
+            pool = self.kube.list_nodes(naming.label_selector(dict(self.cfg.node_selector)))
+            mems = [v.gpu_memory_bytes for v in migration.node_views(pool, [], []).values() if v.gpu_memory_bytes]
+            pool_memory = max(mems, default=None)
+        want = scaling.demand(kernel, replicas, no_target, cap, pool_memory)
+        if self.metrics:
+            self.metrics.pending_gpus.labels(ns, name).set(want.nodes * kernel.spec.resources.gpus)
+        asked = st.get_condition(conds, ConditionType.CAPACITY_REQUESTED)
+        if want.nodes == 0 and not want.impossible and (asked is None or asked.status != ConditionStatus.TRUE):
+            # Requests are made only where the condition is set True: none to look for (this runs
+            # on every reconcile of every kernel, so it must not list pods).
+            return st.set_condition(
+                conds, ConditionType.CAPACITY_REQUESTED, ConditionStatus.FALSE, "NotNeeded", "", now, gen
+            )
+        have = [p for p in self.kube.list_pods(ns, capacity.selector(name)) if _owned_by(p, kernel.metadata.uid or "")]
+        if want.nodes == 0:
+            keep = scaling.held(have, (m.target for m in moving.values())) if not want.impossible else []
+            for p in have:
+                if p not in keep:
+                    self.kube.delete_pod(ns, p["metadata"]["name"], force=True)
+            if keep:
+                on = ", ".join(sorted(p["spec"]["nodeName"] for p in keep))
+                msg = f"a GPU node arrived ({on}); its request holds it until the replica moving there is placed"
+                return st.set_condition(
+                    conds, ConditionType.CAPACITY_REQUESTED, ConditionStatus.TRUE, "Arrived", msg, now, gen
+                )
+            if want.impossible:
+                old = st.get_condition(conds, ConditionType.CAPACITY_REQUESTED)
+                if old is None or old.message != want.impossible:
+                    self.post(obj, st.Event("Warning", "NoNodeTypeFits", f"{want.why}: {want.impossible}"))
+                return st.set_condition(
+                    conds, ConditionType.CAPACITY_REQUESTED, ConditionStatus.FALSE, "NoNodeTypeFits",
+                    want.impossible, now, gen,
+                )  # fmt: skip
+            return st.set_condition(
+                conds, ConditionType.CAPACITY_REQUESTED, ConditionStatus.FALSE, "NotNeeded", "", now, gen
+            )
+        in_cluster = len(self.kube.list_all_pods(capacity.selector()))
+        room = capacity.allowed(want.nodes, len(have), in_cluster, cap)
+        names = {p["metadata"]["name"] for p in have}
+        made: list[str] = []
+        for i in range(cap.max_per_kernel):
+            if len(made) >= room:
+                break
+            if capacity.pod_name(name, i) not in names:
+                pod = capacity.capacity_pod(kernel, owner, i, cap)
+                if self.kube.create(pod) is not None:
+                    made.append(pod["metadata"]["name"])
+        pending = len(have) + len(made)
+        msg = (
+            f"asked the autoscaler for {want.nodes} GPU node(s) of {cap.gpus_per_node} GPUs ({want.why}); "
+            f"{pending} capacity request pod(s) pending"
+        )
+        if made:
+            self.post(obj, st.Event("Normal", "CapacityRequested", msg))
+        return st.set_condition(
+            conds, ConditionType.CAPACITY_REQUESTED, ConditionStatus.TRUE, "Requested", msg, now, gen
+        )
+
+    def _repoint_router(self, kernel: NotebookKernel, pod: Obj, made_for: str, members: str) -> bool:
+        """Tell the live router the moved replicas' new addresses; False if it cannot be reached."""
+        ip = (pod.get("status") or {}).get("podIP")
+        if not ip or not st.pod_is_live(pod) or not made_for:
+            return False
+        old, new = builders.parse_peers(made_for), builders.parse_peers(members)
+        if set(old) != set(new):
+            return False
+        moved = {
+            rid: (addr, f"{addr.rsplit(':', 1)[0]}:{self.cfg.raft_port}")
+            for rid, addr in new.items()
+            if old.get(rid) != addr
+        }
+        secret = self.kube.get(
+            "Secret", kernel.metadata.namespace or "", naming.secret_name(kernel.metadata.name or "")
+        )
+        raw = ((secret or {}).get("data") or {}).get(naming.HMAC_SECRET_KEY)
+        if not raw:
+            return False
+        port = self.cfg.router_port + CHANNELS.index("control")
+        return router_control.update_peers(ip, port, base64.b64decode(raw), moved)
 
     def _router(self, kernel: NotebookKernel, owner: Obj, members: str | None) -> Obj | None:
         """The router pod, made once every replica has an address (`members`), and made again when
@@ -156,6 +356,17 @@ class Reconciler:
             node_gone = bool(node) and not kube.node_exists(node)
             made_for = ((pod.get("metadata") or {}).get("annotations") or {}).get(naming.ROUTER_MEMBERS_ANNOTATION)
             moved = members is not None and made_for != members
+            if (
+                moved
+                and not node_gone
+                and members is not None
+                and self._repoint_router(kernel, pod, made_for or "", members)
+            ):
+                # Re-pointed live, so connected clients keep their connection; the annotation
+                # records the members it now has.
+                log.info("router %s/%s re-pointed at the moved replicas (%s)", ns, pod_name, members)
+                kube.patch_annotations("Pod", ns, pod_name, {naming.ROUTER_MEMBERS_ANNOTATION: members})
+                return pod
             if node_gone or moved or not st.pod_is_live(pod):
                 log.info("replacing router %s/%s (node gone: %s, replicas moved: %s)", ns, pod_name, node_gone, moved)
                 kube.delete_pod(ns, pod_name, force=node_gone)
@@ -177,6 +388,8 @@ class Reconciler:
         if obj is None or _deleting(obj):
             return
         replica = KernelReplica.model_validate(obj)
+        if self.metrics:
+            self.metrics.reconciles.labels("KernelReplica").inc()
         kobj = kube.get_custom("NotebookKernel", ns, replica.spec.kernel_name)
         if kobj is None or _deleting(kobj):
             return  # the garbage collector removes the replica with its kernel
@@ -187,9 +400,15 @@ class Reconciler:
         )
         pods = [p for p in kube.list_pods(ns, selector) if _owned_by(p, replica.metadata.uid or "")]
         nodes = {n for p in pods if (n := (p.get("spec") or {}).get("nodeName"))}
-        existing = {n for n in nodes if kube.node_exists(n)}
+        # One read per node of its pods: whether it still exists, and whether it is being drained.
+        node_objs = {n: kube.get_node(n) for n in nodes}
+        existing = {n for n, o in node_objs.items() if o is not None}
+        draining = {n for n, o in node_objs.items() if o is not None and migration.draining(o)}
         now = self.clock()
-        plan = st.plan_replica_pods(replica.status, pods, existing, now)
+        move = migration.move_of(obj)
+        plan, moving = migration.plan(
+            replica.status, pods, existing, now, move, float(self.cfg.migration_timeout_seconds)
+        )
         for pod_name in plan.delete:
             pod = next(p for p in pods if p["metadata"]["name"] == pod_name)
             node = (pod.get("spec") or {}).get("nodeName")
@@ -202,16 +421,76 @@ class Reconciler:
                 # The membership is incomplete until the new pod has an address: withdraw it first,
                 # so that the new container cannot start with this replica's old address.
                 kube.drop_configmap_key(ns, naming.peers_configmap_name(replica.spec.kernel_name), naming.PEERS_KEY)
-            manifest = builders.replica_pod(kernel, obj, incarnation, self.cfg)
-            current = kube.create(manifest) or kube.get("Pod", ns, manifest["metadata"]["name"])
+            manifest = builders.replica_pod(kernel, obj, incarnation, self.cfg, node=plan.create_on)
+            made = kube.create(manifest) or kube.get("Pod", ns, manifest["metadata"]["name"])
+            if plan.current is None:
+                current = made
+            else:
+                # A move: the old pod is still the replica (and its incarnation), the new one waits.
+                incarnation = st.pod_incarnation(plan.current)
         if plan.backoff > 0 and plan.failed is not None:
-            # Report the failed pod and come back when the backoff is over. The timer is only a
-            # wake-up: after a restart the initial listing brings the operator here again.
+            # Report the failed pod and come back when the backoff is over. The thread timer is only
+            # an early wake-up: the resync timer (handlers/resync.py) comes back here in any case,
+            # after a restart too.
             new = st.backoff_status(replica, plan.failed, incarnation, plan.backoff, now)
             self._wake_up(plan.backoff, ("replica", ns, name), lambda: self.replica(ns, name))
         else:
             new = st.replica_status(replica, current, incarnation, now)
-        self._write_status(obj, replica.status, new, st.replica_events(replica.status, new, plan.lost))
+        # The kernel reconcile reads this to drain (no node reads of its own on every reconcile).
+        on_drained = bool(new.node_name) and new.node_name in draining
+        new = new.model_copy(
+            update={
+                "conditions": st.set_condition(
+                    new.conditions,
+                    ConditionType.NODE_DRAINING,
+                    ConditionStatus.TRUE if on_drained else ConditionStatus.FALSE,
+                    "Draining" if on_drained else "NodeSchedulable",
+                    f"node {new.node_name} is cordoned or being removed" if on_drained else "",
+                    now,
+                    replica.metadata.generation,
+                )
+            }
+        )
+        if current is not None and st.pod_is_live(current):
+            want = builders.disruption_annotations(replica.status.gpu_binding is not None)
+            have = (current.get("metadata") or {}).get("annotations") or {}
+            if any(have.get(k) != v for k, v in want.items()):
+                kube.patch_annotations("Pod", ns, current["metadata"]["name"], want)
+        done = None
+        if move is not None and moving is not None:
+            new, done = self._move_status(replica, new, move, moving, now)
+        events = st.replica_events(replica.status, new, plan.lost, name) if moving is None else []
+        written = self._write_status(obj, replica.status, new, events)
+        replaced = st.replacement_event(name, replica.status, new, plan.lost)
+        if written and replaced is not None and moving is None:
+            self.post(kobj, replaced)  # the kernel's own Events say which replica and why
+        if done is not None:
+            # Counted (in status) before the marks go: a restart in between counts it once.
+            kube.patch_annotations("KernelReplica", ns, name, migration.move_annotations(None, now))
+            self.post(kobj, done)
+            self.kernel(ns, replica.spec.kernel_name)  # the condition and counter, now
+            if self.metrics:
+                self.metrics.migrations.labels("Completed" if done.reason == "MigrationCompleted" else "Failed").inc()
+
+    def _move_status(
+        self, replica: KernelReplica, new: Any, move: migration.Move, moving: str, now: datetime
+    ) -> tuple[Any, st.Event | None]:
+        """The replica's status during its move, and the Event that ends it (completed or failed)."""
+        rid = replica.spec.replica_id
+        if moving.startswith("failed"):
+            why = moving.partition(": ")[2]
+            where = replica.status.node_name
+            msg = f"replica {rid} stays on {where}: its new pod was not placed on {move.target} ({why})"
+            return new, st.Event("Warning", "MigrationFailed", msg)
+        if moving == "placed" and new.phase == ReplicaPhase.READY:
+            if replica.status.last_migration != move.since or move.since is None:
+                new = new.model_copy(
+                    update={"migrations": replica.status.migrations + 1, "last_migration": move.since or now}
+                )
+            took = f" in {(now - move.since).total_seconds():.0f} s" if move.since else ""
+            msg = f"replica {rid} moved to {move.target}{took} ({move.reason})"
+            return new, st.Event("Normal", "MigrationCompleted", msg)
+        return new.model_copy(update={"phase": ReplicaPhase.MIGRATING}), None
 
     def _wake_up(self, delay: float, key: Hashable, fn: Callable[[], None]) -> None:
         with self._guard:

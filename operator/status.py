@@ -130,9 +130,10 @@ class PodPlan:
     lost: str | None  # why a replacement is made, when it is one
     backoff: float = 0.0  # seconds until the replacement may be made (the failed pod is kept till then)
     failed: Mapping[str, Any] | None = None  # the crash-looping pod, while backing off
+    create_on: str | None = None  # the node the new pod is held to (a migration, see migration.py)
 
 
-def _parse_time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return value
     if not value:
@@ -145,10 +146,10 @@ def _failed_at(pod: Mapping[str, Any]) -> datetime | None:
     taken from the pod, never from the clock, so that the backoff has an end)."""
     status = pod.get("status") or {}
     for cs in status.get("containerStatuses") or []:
-        finished = _parse_time(((cs.get("state") or {}).get("terminated") or {}).get("finishedAt"))
+        finished = parse_time(((cs.get("state") or {}).get("terminated") or {}).get("finishedAt"))
         if finished is not None:
             return finished
-    changes = [t for c in status.get("conditions") or [] if (t := _parse_time(c.get("lastTransitionTime")))]
+    changes = [t for c in status.get("conditions") or [] if (t := parse_time(c.get("lastTransitionTime")))]
     return max(changes, default=None)
 
 
@@ -156,7 +157,7 @@ def replacement_backoff(pod: Mapping[str, Any], incarnation: int, now: datetime)
     """Seconds to wait before replacing this dead pod: none unless it failed soon after creation."""
     if (pod.get("status") or {}).get("phase") != "Failed":
         return 0.0
-    created = _parse_time((pod.get("metadata") or {}).get("creationTimestamp"))
+    created = parse_time((pod.get("metadata") or {}).get("creationTimestamp"))
     failed = _failed_at(pod) or created
     if created is None or failed is None or (failed - created).total_seconds() >= FAST_FAILURE_SECONDS:
         return 0.0
@@ -307,13 +308,28 @@ def backoff_status(
     return base.model_copy(update={"conditions": conds, "pod_name": name})
 
 
-def replica_events(old: KernelReplicaStatus, new: KernelReplicaStatus, lost: str | None) -> list[Event]:
+def replacement_event(
+    replica: str, old: KernelReplicaStatus, new: KernelReplicaStatus, lost: str | None
+) -> Event | None:
+    """The replacement of a replica's pod, naming the replica and the cause; posted on the replica
+    and on its kernel (where `kubectl describe nbk` shows it). From the incarnation, not the moment
+    of creation: a write retried after a conflict (or after a restart) reports it exactly once."""
+    if not new.incarnation > old.incarnation > 0:
+        return None
+    why = lost or f"pod {old.pod_name or '?'} was lost"
+    where = f" on node {new.node_name}" if new.node_name else ""
+    return Event(
+        "Warning", "ReplicaReplaced", f"replica {replica}: {why}; replaced by pod {new.pod_name or '?'}{where}"
+    )
+
+
+def replica_events(
+    old: KernelReplicaStatus, new: KernelReplicaStatus, lost: str | None, replica: str = "?"
+) -> list[Event]:
     events: list[Event] = []
-    # From the incarnation, not the moment of creation: a write retried after a conflict (or after
-    # a restart) still reports the replacement exactly once.
-    if new.incarnation > old.incarnation > 0:
-        why = lost or f"pod {old.pod_name or '?'} was lost"
-        events.append(Event("Warning", "ReplicaReplaced", f"{why}; replaced by pod {new.pod_name or '?'}"))
+    replaced = replacement_event(replica, old, new, lost)
+    if replaced is not None:
+        events.append(replaced)
     if new.node_name and new.node_name != old.node_name:
         events.append(Event("Normal", "Scheduled", f"pod {new.pod_name} placed on node {new.node_name}"))
     old_s, new_s = get_condition(old.conditions, "Scheduled"), get_condition(new.conditions, "Scheduled")
@@ -361,7 +377,7 @@ def kernel_status(
     now: datetime,
 ) -> NotebookKernelStatus:
     """The kernel's status from its replicas, router and Service. Fields others own (executor,
-    cells, migrations, last activity, GPUUnavailable) are carried over."""
+    cells, last activity, GPUUnavailable) are carried over; migrations are the replicas' sum."""
     old = kernel.status
     gen = kernel.metadata.generation
     name = kernel.metadata.name or ""
@@ -442,15 +458,25 @@ def kernel_status(
         else:
             conds = set_condition(conds, "Degraded", ConditionStatus.FALSE, "NotStarted", "", now, gen)
 
-    replacements = sum(max(0, r.status.incarnation - 1) for r in by_id.values()) - old.migrations
+    migrations = max(old.migrations, sum(r.status.migrations for r in by_id.values()))
+    # A replica in motion has a new pod that is no replacement (its move is counted when it ends).
+    moving = sum(1 for r in by_id.values() if r.status.phase == ReplicaPhase.MIGRATING)
+    replacements = sum(max(0, r.status.incarnation - 1) for r in by_id.values()) - migrations - moving
     return old.model_copy(
         update={
             "phase": phase,
             "conditions": conds,
             "replicas": len(by_id),
             "ready_replicas": len(ready),
+            "ready": f"{len(ready)}/{want}",
+            # Each replica's total only grows (the broker adds each released grant); a replica object
+            # made anew starts at 0 again, so the kernel's total never goes back.
+            "gpu_seconds_bound": max(
+                old.gpu_seconds_bound, round(sum(r.status.gpu_seconds_bound for r in by_id.values()), 3)
+            ),
             "connection": connection_info(name, service, cfg) or old.connection,
             "replacements": max(old.replacements, replacements),
+            "migrations": migrations,
             "observed_generation": gen,
         }
     )
@@ -474,8 +500,6 @@ def kernel_events(old: NotebookKernelStatus, new: NotebookKernelStatus) -> list[
             events.append(Event("Warning", new_s.reason or "Unschedulable", new_s.message))
         elif new_s.status == ConditionStatus.TRUE and (old_s is None or old_s.status != ConditionStatus.TRUE):
             events.append(Event("Normal", "Scheduled", new_s.message))
-    if new.replacements > old.replacements:
-        events.append(Event("Warning", "ReplicaReplaced", f"{new.replacements} replica replacements so far"))
     if new.phase != old.phase:
         ready = get_condition(new.conditions, "Ready")
         degraded = get_condition(new.conditions, "Degraded")

@@ -52,10 +52,27 @@ def grant_to_binding(grant: Grant, since: dt.datetime | None = None) -> dict[str
     return GpuBinding(
         node=grant.node,
         devices=list(grant.devices),
+        gpus=len(grant.devices),
         execution_id=grant.execution_id,
         since=since or dt.datetime.now(dt.UTC),
         grant_seq=grant.seq,
     ).to_wire()
+
+
+def bound_seconds(binding: dict[str, Any], now: dt.datetime) -> float:
+    """GPU-seconds of a grant record up to `now`: its devices times the time since the grant."""
+    b = GpuBinding.model_validate(binding)
+    return len(b.devices) * max(0.0, (now - b.since).total_seconds())
+
+
+def cleared_status(status: dict[str, Any], execution_id: str, now: dt.datetime) -> dict[str, Any] | None:
+    """The status merge patch that ends the grant of `execution_id` and adds its GPU-seconds to the
+    replica's total; None when the record is absent or another execution's (a newer grant stays)."""
+    binding = status.get("gpuBinding")
+    if not binding or binding.get("executionId") != execution_id:
+        return None
+    total = float(status.get("gpuSecondsBound") or 0) + bound_seconds(binding, now)
+    return {"gpuBinding": None, "gpuSecondsBound": round(total, 3)}
 
 
 def grant_from_replica(obj: dict[str, Any]) -> Grant | None:
@@ -84,6 +101,8 @@ class MemoryBindingStore:
         """status.nodeName of replicas, where a test sets one."""
         self.delay_s = delay_s
         self.fail_writes = False
+        self.status: dict[tuple[str, int], dict[str, Any]] = {}
+        """What KubeBindingStore keeps in each replica's status: the record and the GPU-seconds."""
 
     async def load(self) -> list[Grant]:
         return list(self.records.values())
@@ -95,6 +114,7 @@ class MemoryBindingStore:
             raise StoreError("store unavailable (test)")
         check_node(grant, self.replica_nodes.get((grant.kernel, grant.replica)))
         self.records[(grant.kernel, grant.replica)] = grant
+        self.status.setdefault((grant.kernel, grant.replica), {})["gpuBinding"] = grant_to_binding(grant)
 
     async def clear(self, grant: Grant) -> None:
         if self.delay_s:
@@ -105,6 +125,11 @@ class MemoryBindingStore:
         current = self.records.get(key)
         if current is not None and current.execution_id == grant.execution_id:
             del self.records[key]
+            status = self.status.setdefault(key, {})
+            patch = cleared_status(status, grant.execution_id, dt.datetime.now(dt.UTC))
+            if patch is not None:
+                status.update(patch)
+                del status["gpuBinding"]
 
 
 class KubeBindingStore:
@@ -135,23 +160,6 @@ class KubeBindingStore:
         if key not in self._names:
             raise StoreError(f"no KernelReplica with kernelName={split_kernel(kernel)[1]} replicaId={replica}")
         return self._names[key]
-
-    def _patch(self, kernel: str, replica: int, body: Any) -> None:
-        # A list is a JSON patch (RFC 6902), an object a merge patch; the client must be told which.
-        content_type = "application/json-patch+json" if isinstance(body, list) else "application/merge-patch+json"
-        ns, _ = split_kernel(kernel)
-        kw: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": KernelReplica.crd_plural, "namespace": ns}
-        for attempt in (0, 1):
-            name = self._name_of(kernel, replica, refresh=attempt > 0)
-            try:
-                self._custom.patch_namespaced_custom_object_status(
-                    name=name, body=body, _content_type=content_type, **kw
-                )
-                return
-            except ApiException as e:
-                if e.status == 404 and attempt == 0:
-                    continue  # replica recreated under another name: look it up again
-                raise
 
     async def load(self) -> list[Grant]:
         items = await asyncio.to_thread(self._list)
@@ -195,32 +203,36 @@ class KubeBindingStore:
                 raise
 
     async def clear(self, grant: Grant) -> None:
-        # JSON patch with a test: only this execution's record is removed, never a newer one.
-        body = [
-            {"op": "test", "path": "/status/gpuBinding/executionId", "value": grant.execution_id},
-            {"op": "remove", "path": "/status/gpuBinding"},
-        ]
         try:
-            await asyncio.to_thread(self._patch, grant.kernel, grant.replica, body)
+            await asyncio.to_thread(self._clear, grant)
         except StoreError:
             return  # the replica is gone: nothing to clear
         except ApiException as e:
-            if e.status == 404 or not await asyncio.to_thread(self._holds, grant):
-                return  # gone, or the record is another execution's (the test op failed)
             raise StoreError(f"clearing status.gpuBinding: {e.status} {e.reason}") from None
 
-    def _holds(self, grant: Grant) -> bool:
-        """Whether the replica's record still names this grant's execution."""
+    def _clear(self, grant: Grant) -> None:
+        """Read the replica; if its record is this grant's, remove it and add the grant's GPU-seconds
+        to status.gpuSecondsBound, on that very version (retried on a conflict). A newer grant's
+        record is never removed."""
         ns, _ = split_kernel(grant.kernel)
-        try:
-            obj: Any = self._custom.get_namespaced_custom_object_status(
-                group=GROUP,
-                version=VERSION,
-                plural=KernelReplica.crd_plural,
-                namespace=ns,
-                name=self._name_of(grant.kernel, grant.replica),
-            )
-        except (ApiException, StoreError):
-            return True  # cannot tell: report the failure, the caller retries
-        current = grant_from_replica(obj)
-        return current is not None and current.execution_id == grant.execution_id
+        kw: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": KernelReplica.crd_plural, "namespace": ns}
+        for attempt in range(5):
+            name = self._name_of(grant.kernel, grant.replica, refresh=attempt > 0)
+            try:
+                obj: Any = self._custom.get_namespaced_custom_object(name=name, **kw)
+                patch = cleared_status(obj.get("status") or {}, grant.execution_id, dt.datetime.now(dt.UTC))
+                if patch is None:
+                    return  # no record, or another execution's
+                body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": patch}
+                self._custom.patch_namespaced_custom_object_status(
+                    name=name, body=body, _content_type="application/merge-patch+json", **kw
+                )
+                return
+            except ApiException as e:
+                if e.status == 404 and attempt == 0:
+                    continue  # recreated under another name: look it up again
+                if e.status == 404:
+                    return  # gone: nothing to clear
+                if e.status == 409 and attempt < 4:
+                    continue  # changed since we read it
+                raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -45,6 +46,7 @@ class Broker:
         self.metrics = metrics
         self._lock = asyncio.Lock()
         self.ready = False
+        self._since: dict[str, float] = {}  # scoped execution id -> when granted (monotonic)
 
     async def start(self) -> list[Grant]:
         """Rebuild the ledger from the durable records; clears (and returns) stale ones."""
@@ -63,10 +65,28 @@ class Broker:
     def remove_node(self, node: str) -> None:
         self.ledger.remove_node(node)
 
-    def _refused(self, refusal: Refusal, kernel: str) -> Refusal:
+    def _refused(self, refusal: Refusal, kernel: str, replica: int, node: str, execution_id: str) -> Refusal:
         if self.metrics:
             self.metrics.refusals.labels(refusal.code).inc()
-        return Refusal(refusal.reason.replace(f"{kernel}{SCOPE}", ""), refusal.code)
+        out = Refusal(refusal.reason.replace(f"{kernel}{SCOPE}", ""), refusal.code)
+        log.info(
+            "refused %s replica %d on %s for %s: %s (%s)", kernel, replica, node, execution_id, out.reason, out.code
+        )
+        return out
+
+    def _ended(self, grant: Grant, how: str) -> None:
+        """Account the GPU-seconds of a grant that ends, and log it."""
+        since = self._since.pop(grant.execution_id, None)
+        seconds = len(grant.devices) * (time.monotonic() - since) if since is not None else 0.0
+        if self.metrics:
+            self.metrics.releases.inc()
+            ns, _, name = grant.kernel.partition("/")
+            self.metrics.gpu_seconds.labels(ns, name).inc(seconds)
+        g = public(grant)
+        log.info(
+            "%s %s replica %d on %s: %s after %.1f GPU-seconds (%s)",
+            how, g.kernel, g.replica, g.node, ", ".join(g.devices), seconds, g.execution_id,
+        )  # fmt: skip
 
     async def acquire(self, kernel: str, replica: int, node: str, gpus: int, execution_id: str) -> Grant | Refusal:
         """kernel is namespace/name; the answer carries the caller's plain execution id."""
@@ -75,18 +95,23 @@ class Broker:
             before = self.ledger.grant_for(sid)
             result = self.ledger.acquire(kernel, replica, node, gpus, sid)
             if isinstance(result, Refusal):
-                return self._refused(result, kernel)
+                return self._refused(result, kernel, replica, node, execution_id)
             if before is None:
                 try:
                     await self.store.write(public(result))
                 except WrongNode as e:
                     self.ledger.release(sid)
-                    return self._refused(Refusal(str(e), "Conflict"), kernel)
+                    return self._refused(Refusal(str(e), "Conflict"), kernel, replica, node, execution_id)
                 except Exception as e:
                     self.ledger.release(sid)  # not durable: not granted
                     raise StoreError(str(e)) from e
+                self._since[sid] = time.monotonic()
                 if self.metrics:
                     self.metrics.grants.inc()
+                log.info(
+                    "granted %s replica %d on %s: %s (%s)",
+                    kernel, replica, node, ", ".join(result.devices), execution_id,
+                )  # fmt: skip
             return public(result)
 
     async def release(self, kernel: str, execution_id: str) -> Grant | None:
@@ -98,8 +123,7 @@ class Broker:
                 return None
             await self.store.clear(public(grant))
             self.ledger.release(sid)
-            if self.metrics:
-                self.metrics.releases.inc()
+            self._ended(grant, "released")
             return public(grant)
 
     async def forget(self, kernel: str, execution_id: str) -> Grant | None:
@@ -109,9 +133,7 @@ class Broker:
         async with self._lock:
             grant = self.ledger.release(scoped_id(kernel, execution_id))
             if grant is not None:
-                log.info("replica %s/%d deleted: freed %s", grant.kernel, grant.replica, ", ".join(grant.devices))
-                if self.metrics:
-                    self.metrics.releases.inc()
+                self._ended(grant, "replica deleted, freed")
             return public(grant) if grant is not None else None
 
     def grants(self, node: str | None = None) -> list[Grant]:

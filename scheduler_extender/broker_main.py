@@ -18,6 +18,7 @@ from aiohttp import web
 from kubernetes import client
 
 from notebookos.api.models import GROUP, VERSION, KernelReplica
+from notebookos.kubeclient import api_client
 from notebookos.labels import GPU_INVENTORY_ANNOTATION, GPU_POOL_LABEL, GPU_POOL_VALUE
 
 from .auth import TokenReviewAuthenticator
@@ -26,7 +27,6 @@ from .broker import Broker
 from .broker_app import make_broker_app
 from .cluster_state import parse_inventory
 from .informer import Informer
-from .kube import api_client
 from .service import run_service
 
 log = logging.getLogger(__name__)

@@ -17,13 +17,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from notebookos import labels
 from notebookos.labels import GPU_INVENTORY_ANNOTATION, GPU_RESOURCE, KERNEL_LABEL, REPLICA_GPUS_ANNOTATION
 from notebookos.policy.placement import NodeView
 
 from .wire import parse_gpus
 
 # Taints that mean "this node is going away": cluster-autoscaler and Karpenter.
-REMOVAL_TAINTS = frozenset({"ToBeDeletedByClusterAutoscaler", "karpenter.sh/disrupted", "karpenter.sh/disruption"})
+REMOVAL_TAINTS = frozenset(
+    {"ToBeDeletedByClusterAutoscaler", "karpenter.sh/disrupted", "karpenter.sh/disruption", labels.SCALE_IN_TAINT_KEY}
+)
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ import sys
 
 from aiohttp import web
 
+from notebookos.kubeclient import api_client
 from notebookos.policy.placement import DEFAULT_MAX_SUBSCRIPTION_RATIO, DEFAULT_REPLICAS, SubscriptionRatio
 
 from .cluster_state import ClusterState
 from .extender_app import Extender, make_app, ratio_sampler
-from .kube import api_client
 from .service import run_service
 from .watches import SYNC_NAMES, start_watches
 

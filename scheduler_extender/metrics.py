@@ -61,6 +61,12 @@ class BrokerMetrics:
         self.grants = Counter("notebookos_gpu_grants", "GPU grants made", registry=registry)
         self.releases = Counter("notebookos_gpu_releases", "GPU grants released", registry=registry)
         self.refusals = Counter("notebookos_gpu_refusals", "GPU acquires refused", ["code"], registry=registry)
+        self.gpu_seconds = Counter(
+            "notebookos_kernel_gpu_seconds_bound",
+            "GPU-seconds bound to a kernel's replicas by grants that have ended (GPUs x seconds)",
+            ["namespace", "kernel"],
+            registry=registry,
+        )
         self.latency = Histogram(
             "notebookos_broker_seconds",
             "Broker request latency",

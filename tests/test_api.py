@@ -114,8 +114,46 @@ def test_crd_printer_columns_and_names() -> None:
     assert spec["names"]["categories"] == ["notebookos"]
     assert spec["names"]["shortNames"] == ["nbk"]
     cols = [c["name"] for c in spec["versions"][0]["additionalPrinterColumns"]]
-    assert cols == ["Phase", "Ready", "Executor", "GPUs", "Age"]
+    assert cols == ["Phase", "Ready", "Executor", "GPUs/Cell", "Cells", "GPU-Seconds", "Age"]
     assert spec["versions"][0]["subresources"] == {"status": {}}
+    replica_cols = {c["name"]: c for c in crd(KernelReplica)["spec"]["versions"][0]["additionalPrinterColumns"]}
+    # A count a person can read, not the JSON list of device UUIDs.
+    assert replica_cols["Bound-GPUs"]["jsonPath"] == ".status.gpuBinding.gpus"
+
+
+def test_crd_descriptions_say_the_defaults() -> None:
+    spec = crd(NotebookKernel)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert spec["properties"]["replicas"]["description"].endswith("Default: 3.")
+    assert spec["properties"]["resources"]["properties"]["memory"]["description"].endswith("Default: 4Gi.")
+
+
+def test_validate_reports_every_error_at_once() -> None:
+    doc = {"apiVersion": "notebookos.io/v1alpha1", "kind": "NotebookKernel", "metadata": {"name": "k"}}
+    doc["spec"] = {"replicas": 2, "resources": {"gpus": -1, "memory": 0, "cpu": "0", "gpuMemory": "-1Gi"}}
+    errors = validate(doc)
+    assert len(errors) == 5, errors
+    for field in ("spec.replicas", "spec.resources.gpus", "spec.resources.memory", "spec.resources.cpu"):
+        assert any(e.startswith(f"{field}: ") for e in errors), (field, errors)
+    assert any(e.startswith("spec.resources.gpuMemory: ") for e in errors)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("4Gi", 4 * 2**30), ("500m", 0.5), ("1.5", 1.5), ("2k", 2000), ("1e3", 1000), ("-1Gi", -(2**30)), ("0", 0)],
+)
+def test_quantities_parse_as_kubernetes_does(text: str, value: float) -> None:
+    from notebookos.api.models import parse_quantity
+
+    assert float(parse_quantity(text) or 0) == value
+    assert parse_quantity("lots") is None
+
+
+def test_models_refuse_zero_and_negative_quantities() -> None:
+    from pydantic import ValidationError
+
+    for resources in ({"memory": 0}, {"cpu": "0"}, {"gpuMemory": "-1Gi"}):
+        with pytest.raises(ValidationError, match="must be greater than 0"):
+            NotebookKernel.model_validate({"spec": {"resources": resources}})
 
 
 def test_immutable_fields_refuse_updates() -> None:

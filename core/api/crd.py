@@ -7,6 +7,7 @@ so this walks the models directly: descriptions, defaults, ranges, patterns, enu
 
 from __future__ import annotations
 
+import json
 import types
 import typing
 from datetime import datetime
@@ -127,6 +128,10 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
             default = _default(field)
             if default is not None:
                 schema["default"] = default
+                if not isinstance(default, dict) and "description" in schema:
+                    # `kubectl explain` prints descriptions, not schema defaults: say it in words too.
+                    shown = default if isinstance(default, str) and default else json.dumps(default)
+                    schema["description"] = f"{schema['description']} Default: {shown}."
         props[alias] = schema
     out: dict[str, Any] = {"type": "object"}
     doc = " ".join((model.__doc__ or "").split())
@@ -143,7 +148,7 @@ def _resource_schema(model: type[NotebookKernel] | type[KernelReplica]) -> dict[
     status_field = model.model_fields["status"]
     spec = type_schema(spec_field.annotation)
     status = type_schema(status_field.annotation)
-    return {
+    out: dict[str, Any] = {
         "type": "object",
         "description": " ".join((model.__doc__ or "").split()),
         "required": ["spec"],
@@ -155,6 +160,10 @@ def _resource_schema(model: type[NotebookKernel] | type[KernelReplica]) -> dict[
             "status": status,
         },
     }
+    name_schema = getattr(model, "crd_metadata_name", None)
+    if name_schema:
+        out["properties"]["metadata"]["properties"] = {"name": dict(name_schema)}
+    return out
 
 
 def crd(model: type[NotebookKernel] | type[KernelReplica]) -> dict[str, Any]:

@@ -10,11 +10,13 @@ Kubernetes-only schema facts (CEL rules, int-or-string, list semantics) ride alo
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "notebookos.io"
@@ -30,6 +32,47 @@ DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 ODD_REPLICAS = "replicas must be odd so that a Raft majority exists"
+# The longest suffix added to a kernel name is "-replicas" (its headless Service, a DNS-1035 label of
+# at most 63 characters); kernel names are also label values (at most 63).
+MAX_KERNEL_NAME = 63 - len("-replicas")
+DNS1035_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# Kubernetes' CEL quantity library (isQuantity, quantity, isGreaterThan); `notebookos validate` implements
+# the same functions (core/api/validate.py).
+_QUANTITY = "string(self)"
+
+
+_SUFFIX = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_BINARY = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
+_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
+
+
+def parse_quantity(text: str) -> Decimal | None:
+    """A Kubernetes quantity's value (k8s.io/apimachinery resource.Quantity), or None if malformed."""
+    if not _QUANTITY_RE.match(text):
+        return None
+    number = re.match(r"^[+-]?(\d+(\.\d*)?|\.\d+)", text)
+    assert number is not None
+    mantissa, suffix = Decimal(number.group(0)), text[number.end() :]
+    if suffix in _BINARY:
+        return mantissa * (2 ** _BINARY[suffix])
+    if suffix[:1] in ("e", "E"):
+        return mantissa * Decimal(10) ** Decimal(suffix[1:])
+    return mantissa * Decimal(10) ** _SUFFIX[suffix]
+
+
+def _positive(value: Any, info: ValidationInfo) -> Any:
+    # The CRD's CEL rule says the same to the API server; this says it to Python callers first.
+    if value is not None:
+        q = parse_quantity(str(value))
+        if q is not None and q <= 0:
+            raise ValueError(f"{to_camel(info.field_name or '')} must be greater than 0")
+    return value
+
+
+def positive_quantity(what: str, example: str) -> dict[str, Any]:
+    """A CEL rule refusing zero and negative quantities, with a message naming the field."""
+    rule = f"!isQuantity({_QUANTITY}) || quantity({_QUANTITY}).isGreaterThan(quantity('0'))"
+    return {"x-kubernetes-validations": [{"rule": rule, "message": f"{what} must be greater than 0, e.g. {example}"}]}
 
 
 def immutable(message: str) -> dict[str, Any]:
@@ -79,12 +122,23 @@ class KernelResources(ApiModel):
         le=8,
         description="GPUs bound to the executing replica while a cell runs (0 for a CPU-only kernel).",
     )
-    cpu: Quantity = Field("1", description="CPU requested by each replica pod, as a Kubernetes quantity.")
-    memory: Quantity = Field("4Gi", description="Memory requested by each replica pod, as a Kubernetes quantity.")
+    cpu: Quantity = Field(
+        "1",
+        description="CPU requested by each replica pod, as a Kubernetes quantity.",
+        json_schema_extra=positive_quantity("cpu", "500m or 2"),
+    )
+    memory: Quantity = Field(
+        "4Gi",
+        description="Memory requested by each replica pod, as a Kubernetes quantity.",
+        json_schema_extra=positive_quantity("memory", "4Gi"),
+    )
     gpu_memory: Quantity | None = Field(
         None,
         description="Optional GPU memory per GPU the kernel needs; nodes whose GPUs have less are not used.",
+        json_schema_extra=positive_quantity("gpuMemory", "40Gi"),
     )
+
+    _positive_quantities = field_validator("cpu", "memory", "gpu_memory")(_positive)
 
 
 class EnvVar(ApiModel):
@@ -143,6 +197,9 @@ class ConditionType(StrEnum):
     READY = "Ready"
     DEGRADED = "Degraded"
     GPU_UNAVAILABLE = "GPUUnavailable"
+    MIGRATING = "Migrating"  # a replica is moving to a node with GPUs free (the operator's)
+    CAPACITY_REQUESTED = "CapacityRequested"  # no node can take the move: a GPU node was asked for
+    NODE_DRAINING = "NodeDraining"  # a replica's: its node is cordoned or tainted for removal
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,6 +246,15 @@ class NotebookKernelSpec(ApiModel):
         None,
         pattern=DURATION_PATTERN,
         description="Delete the kernel after this long without a cell (a Go duration, e.g. 1h30m). Never when unset.",
+    )
+    gpu_wait_seconds: int | None = Field(
+        None,
+        ge=0,
+        le=86400,
+        description=(
+            "How long a cell waits for GPUs when no replica's node has them free (while a replica moves or "
+            "a GPU node is added) before it fails with NotebookOSOverloaded. The operator's default (300) when unset."
+        ),
     )
     storage: Storage | None = Field(None, description="Object store for large state values.")
     env: list[EnvVar] = Field(
@@ -247,12 +313,19 @@ class NotebookKernelStatus(StatusModel):
     )
     replicas: int = Field(0, ge=0, description="Replicas that exist.")
     ready_replicas: int = Field(0, ge=0, description="Replicas whose pods are ready.")
+    ready: str | None = Field(None, description="Ready replicas out of those wanted, as kubectl shows it: 3/3.")
     executor: str | None = Field(None, description="Replica that ran the last cell.")
     connection: ConnectionInfo | None = Field(None, description="How clients connect; set once the router exists.")
     cells: int = Field(0, ge=0, description="Cells executed.")
     migrations: int = Field(0, ge=0, description="Replicas moved to another node because theirs had no GPU.")
     replacements: int = Field(0, ge=0, description="Replicas recreated after their pod or node was lost.")
     last_activity: datetime | None = Field(None, description="When the last cell finished.")
+    gpu_seconds_bound: float = Field(
+        0,
+        ge=0,
+        description="GPU-seconds bound to the kernel's replicas while they ran cells (GPUs x seconds, summed "
+        "over its replicas). Reservation would hold resources.gpus for the kernel's whole life instead.",
+    )
     observed_generation: int | None = Field(None, ge=0, description="The generation this status describes.")
 
 
@@ -288,11 +361,33 @@ class NotebookKernel(_Resource):
     crd_short_names: ClassVar[list[str]] = ["nbk"]
     crd_printer_columns: ClassVar[list[dict[str, Any]]] = [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-        {"name": "Ready", "type": "string", "jsonPath": ".status.readyReplicas"},
-        {"name": "Executor", "type": "string", "jsonPath": ".status.executor"},
-        {"name": "GPUs", "type": "integer", "jsonPath": ".spec.resources.gpus"},
+        {"name": "Ready", "type": "string", "jsonPath": ".status.ready", "description": "ready/wanted replicas"},
+        {"name": "Executor", "type": "string", "jsonPath": ".status.executor", "description": "ran the last cell"},
+        {
+            "name": "GPUs/Cell",
+            "type": "integer",
+            "jsonPath": ".spec.resources.gpus",
+            "description": "GPUs bound while a cell runs (none between cells)",
+        },
+        {"name": "Cells", "type": "integer", "jsonPath": ".status.cells", "priority": 1},
+        {"name": "GPU-Seconds", "type": "number", "jsonPath": ".status.gpuSecondsBound", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
+    # metadata.name may carry rules in a CRD (only name and generateName): checked at admission.
+    crd_metadata_name: ClassVar[dict[str, Any]] = {
+        "type": "string",
+        "x-kubernetes-validations": [
+            {
+                "rule": f"self.size() <= {MAX_KERNEL_NAME}",
+                "message": f"at most {MAX_KERNEL_NAME} characters, so that the kernel's Services (NAME-replicas) "
+                "fit in 63",
+            },
+            {
+                "rule": f"self.matches('{DNS1035_PATTERN}')",
+                "message": "must start with a letter and hold only a-z, 0-9 and '-' (it names Services)",
+            },
+        ],
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,6 +449,7 @@ class GpuBinding(StatusModel):
 
     node: str = Field(..., description="Node whose devices are granted.")
     devices: list[str] = Field(..., description="Device UUIDs granted.")
+    gpus: int | None = Field(None, ge=0, description="How many devices are granted (kubectl's BOUND-GPUS column).")
     execution_id: str = Field(..., min_length=1, description="The execution (cell) the grant is for.")
     since: datetime = Field(..., description="When the grant was made.")
     grant_seq: int = Field(0, ge=0, description="Broker sequence number; a later grant has a larger one.")
@@ -372,7 +468,14 @@ class KernelReplicaStatus(StatusModel):
     raft: RaftStatus | None = Field(None, description="Raft state reported by the replica.")
     gpu_binding: GpuBinding | None = Field(None, description="Current GPU grant, absent when the replica holds none.")
     last_heartbeat: datetime | None = Field(None, description="When the replica last reported.")
+    gpu_seconds_bound: float = Field(
+        0, ge=0, description="GPU-seconds of the grants this replica has had and released (GPUs x seconds)."
+    )
     incarnation: int = Field(0, ge=0, description="How many pods this replica has had (replacements and migrations).")
+    migrations: int = Field(0, ge=0, description="How many times this replica was moved to another node.")
+    last_migration: datetime | None = Field(
+        None, description="When the replica's last completed move began (each move is counted once)."
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Conditions of the replica.",
@@ -395,8 +498,14 @@ class KernelReplica(_Resource):
         {"name": "ID", "type": "integer", "jsonPath": ".spec.replicaId"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Node", "type": "string", "jsonPath": ".status.nodeName"},
-        {"name": "Role", "type": "string", "jsonPath": ".status.raft.role"},
-        {"name": "GPUs", "type": "string", "jsonPath": ".status.gpuBinding.devices", "priority": 1},
+        {"name": "Role", "type": "string", "jsonPath": ".status.raft.role", "description": "Raft role"},
+        {
+            "name": "Bound-GPUs",
+            "type": "integer",
+            "jsonPath": ".status.gpuBinding.gpus",
+            "description": "GPUs bound now, for the cell it runs (empty between cells)",
+        },
+        {"name": "Cell", "type": "string", "jsonPath": ".status.gpuBinding.executionId", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 

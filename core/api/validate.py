@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import ValidationError
 
 from .crd import crd
-from .models import API_VERSION, RESOURCES
+from .models import API_VERSION, RESOURCES, parse_quantity
 
+CEL_SKIPPED = (
+    "some validation rules were not checked because the object was invalid; "
+    "correct the existing errors to complete validation"
+)
 _SCHEMAS: dict[str, dict[str, Any]] = {
     m.model_fields["kind"].default: crd(m)["spec"]["versions"][0]["schema"]["openAPIV3Schema"] for m in RESOURCES
 }
@@ -72,6 +77,8 @@ def _message(err: ValidationError) -> str:
 
 
 def _unknown_fields(obj: Any, schema: dict[str, Any], path: list[Any]) -> Iterator[str]:
+    if path[:1] == ["metadata"]:
+        return  # ObjectMeta's own schema applies there; the CRD only adds rules on the name
     if isinstance(obj, dict) and "properties" in schema:
         for key, value in obj.items():
             sub = schema["properties"].get(key)
@@ -83,6 +90,25 @@ def _unknown_fields(obj: Any, schema: dict[str, Any], path: list[Any]) -> Iterat
     elif isinstance(obj, list) and "items" in schema:
         for i, item in enumerate(obj):
             yield from _unknown_fields(item, schema["items"], [*path, i])
+
+
+def _cel_functions() -> dict[str, Any]:
+    """The part of Kubernetes' CEL quantity library the CRD rules use."""
+    from celpy import celtypes
+
+    def is_quantity(text: Any) -> Any:
+        return celtypes.BoolType(parse_quantity(str(text)) is not None)
+
+    def quantity(text: Any) -> Any:
+        value = parse_quantity(str(text))
+        if value is None:
+            raise ValueError(f"invalid quantity {text!r}")
+        return celtypes.StringType(str(value))  # carried as its decimal value
+
+    def is_greater_than(a: Any, b: Any) -> Any:
+        return celtypes.BoolType(Decimal(str(a)) > Decimal(str(b)))
+
+    return {"isQuantity": is_quantity, "quantity": quantity, "isGreaterThan": is_greater_than}
 
 
 def _cel(obj: Any, old: Any, schema: dict[str, Any], path: list[Any]) -> Iterator[str]:
@@ -97,10 +123,16 @@ def _cel(obj: Any, old: Any, schema: dict[str, Any], path: list[Any]) -> Iterato
         activation = {"self": celpy.json_to_cel(obj)}
         if transition:
             activation["oldSelf"] = celpy.json_to_cel(old)
-        result = env.program(env.compile(expr)).evaluate(activation)
+        try:
+            result = env.program(env.compile(expr), functions=_cel_functions()).evaluate(activation)
+        except Exception:
+            continue  # a value of the wrong type: its schema error is already reported
+        if isinstance(result, Exception):
+            continue  # cel-python returns some evaluation errors instead of raising them
         if not bool(result):
             where = _path(path)
-            yield f'{where}: Invalid value: "{_type_name(obj)}": {rule.get("message", "failed rule: " + expr)}'
+            shown = f'"{_type_name(obj)}"' if isinstance(obj, dict | list) else _show(obj)
+            yield f"{where}: Invalid value: {shown}: {rule.get('message', 'failed rule: ' + expr)}"
     if isinstance(obj, dict):
         for key, sub in schema.get("properties", {}).items():
             if key in obj:
@@ -123,7 +155,12 @@ def validate(manifest: dict[str, Any], old: dict[str, Any] | None = None) -> lis
         return [f"kind: Unsupported value: {_show(kind)}: supported values: {', '.join(map(_show, _SCHEMAS))}"]
     body = {k: v for k, v in manifest.items() if k != "status"}  # status goes through its subresource
     errors = list(_unknown_fields(body, schema, []))
-    errors += [_message(e) for e in sorted(Draft7Validator(schema).iter_errors(body), key=lambda e: list(e.path))]
-    if not errors:  # the API server runs CEL only on objects that pass the OpenAPI checks
+    found = sorted(Draft7Validator(schema).iter_errors(body), key=lambda e: list(e.path))
+    errors += [_message(e) for e in found]
+    # The API server evaluates the CEL rules beside range and pattern errors and reports them all at
+    # once; a wrong type or a missing field stops it, and it says so.
+    if any(e.validator in ("type", "required", "anyOf") for e in found):
+        errors.append(f"<nil>: Invalid value: null: {CEL_SKIPPED}")
+    else:
         errors += list(_cel(body, old, schema, []))
     return errors

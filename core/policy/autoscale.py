@@ -1,6 +1,7 @@
 """Autoscaling rules: how many GPU hosts the cluster should have for a given GPU load.
 
-Pure functions shared by the operator (cluster-autoscaler hints) and the simulator. They follow the
+Used by the simulator (the live pool is sized by the autoscaler; the operator asks it for nodes with
+capacity requests, counted by `scale_out_demand`). The sizing rules follow the
 NotebookOS prototype's static policy (paper section 3.8, `multiReplicaValidateCapacity`):
 
 * scale-out target = max(ceil(load x factor / G), min_hosts + buffer);
@@ -9,19 +10,27 @@ NotebookOS prototype's static policy (paper section 3.8, `multiReplicaValidateCa
 
 ``load`` is the GPUs committed (bound to executing replicas) right now; G is GPUs per host.
 `headroom_target` is the simulator's "ours" variant: it sizes for the recent peak of the load plus a
-headroom of GPUs instead of a fixed buffer of whole hosts.
+headroom of GPUs instead of a fixed buffer of whole hosts. `scale_out_demand` counts the new nodes
+that requests no node can take need between them (the operator's capacity requests).
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from notebookos.policy.placement import ReplicaRequest
 
 DEFAULT_SCALE_OUT_FACTOR = 1.05
 DEFAULT_SCALE_IN_LIMIT = 1.10
 DEFAULT_BUFFER_HOSTS = 3
 DEFAULT_MAX_RELEASE = 2
 DEFAULT_INTERVAL_S = 30.0
+DEMAND_SEARCH_STEPS = 2_000
+"""Packings `scale_out_demand` tries below first-fit's count: exact for small inputs, bounded for
+the hundreds of requests a full fixed cluster queues."""
 
 
 @dataclass(frozen=True)
@@ -85,3 +94,82 @@ def headroom_target(peak_load: float, headroom_gpus: float, rule: ScalingRule) -
     """
     need = _hosts_for(peak_load * rule.scale_out_factor + headroom_gpus, rule.gpus_per_host)
     return _cap(max(need, rule.min_hosts), rule)
+
+
+@dataclass(frozen=True)
+class Demand:
+    nodes: int
+    """New nodes of the shape the requests need between them."""
+    impossible: tuple[ReplicaRequest, ...] = ()
+    """Requests for more GPUs than a node of the shape has: no new node of it helps them."""
+
+
+def scale_out_demand(requests: Iterable[ReplicaRequest], gpus_per_node: int) -> Demand:
+    """How many new nodes of `gpus_per_node` GPUs the requests that fit on no node now need.
+
+    Each request wants its GPUs on one node and two replicas of a kernel never share one, so the
+    count is a packing, not GPUs / node: first fit with the largest requests (then the kernels with
+    the most replicas) first, then a depth-first search for fewer nodes, down to the lower bound
+    (GPUs / node, one kernel's replicas, the requests over half a node), for DEMAND_SEARCH_STEPS tries."""
+    if gpus_per_node < 1:
+        raise ValueError(f"gpus_per_node must be >= 1, got {gpus_per_node}")
+    reqs = list(requests)
+    impossible = tuple(r for r in reqs if r.gpus > gpus_per_node)
+    per_kernel = Counter(r.kernel for r in reqs if r.gpus <= gpus_per_node)
+    items = sorted(
+        ((r.kernel, r.gpus) for r in reqs if r.gpus <= gpus_per_node),
+        key=lambda it: (-it[1], -per_kernel[it[0]], it[0]),
+    )
+    if not items:
+        return Demand(0, impossible)
+    total = sum(g for _, g in items)
+    bound = max(
+        _hosts_for(total, gpus_per_node),
+        max(per_kernel.values()),
+        sum(1 for _, g in items if 2 * g > gpus_per_node),
+    )
+    bins: list[tuple[int, set[str]]] = []  # (GPUs left, kernels) per node
+    for kernel, g in items:
+        for j, (room, kernels) in enumerate(bins):
+            if room >= g and kernel not in kernels:
+                bins[j] = (room - g, kernels | {kernel})
+                break
+        else:
+            bins.append((gpus_per_node - g, {kernel}))
+    best = len(bins)
+    if best == bound:
+        return Demand(best, impossible)
+    # the kernels of the requests from i on: all that tells two nodes apart for what is left to place
+    later = [frozenset(k for k, _ in items[i:]) for i in range(len(items) + 1)]
+    steps = 0
+
+    def search(i: int, rooms: list[int], kernels: list[set[str]], left: int) -> None:
+        # left: GPUs still to place; they need ceil((left - room now open) / node) more nodes
+        nonlocal best, steps
+        steps += 1
+        if best == bound or steps > DEMAND_SEARCH_STEPS:
+            return
+        if len(rooms) + _hosts_for(max(left - sum(rooms), 0), gpus_per_node) >= best:
+            return
+        if i == len(items):
+            best = len(rooms)
+            return
+        kernel, g = items[i]
+        seen: set[tuple[int, frozenset[str]]] = set()
+        for j in range(len(rooms)):
+            alike = (rooms[j], frozenset(kernels[j] & later[i]))
+            if rooms[j] >= g and kernel not in kernels[j] and alike not in seen:
+                seen.add(alike)  # two such nodes are interchangeable for the requests left
+                rooms[j] -= g
+                kernels[j].add(kernel)
+                search(i + 1, rooms, kernels, left - g)
+                kernels[j].discard(kernel)
+                rooms[j] += g
+        rooms.append(gpus_per_node - g)
+        kernels.append({kernel})
+        search(i + 1, rooms, kernels, left - g)
+        rooms.pop()
+        kernels.pop()
+
+    search(0, [], [], total)
+    return Demand(best, impossible)

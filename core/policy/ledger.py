@@ -116,7 +116,8 @@ class GpuLedger:
             return Refusal(f"node {node} has no GPU inventory", "UnknownNode")
         idle = self.idle_devices(node)
         if len(idle) < gpus:
-            return Refusal(f"node {node} has {len(idle)} idle GPUs, {gpus} needed", "Unavailable")
+            # The caller names the node (it asked for it); the reason says only what is missing.
+            return Refusal(f"{len(idle)} idle GPUs, {gpus} needed", "Unavailable")
         self._seq += 1
         grant = Grant(kernel, replica, node, tuple(idle[:gpus]), execution_id, self._seq)
         self._grants[execution_id] = grant

@@ -70,6 +70,14 @@ def subscription(node: NodeView, replicas: int = DEFAULT_REPLICAS) -> float:
     return node.subscribed / (node.gpus * replicas)
 
 
+def format_bytes(n: int) -> str:
+    """A memory size as people write it: 79.6 GiB, 512 MiB, 100 bytes."""
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f}".rstrip("0").rstrip(".") + f" {unit}"
+    return f"{n} bytes"
+
+
 def check_node(node: NodeView, request: ReplicaRequest, ratio: float) -> str | None:
     """None when the node can take the replica, else the reason it cannot (shown in pod events)."""
     if not node.schedulable:
@@ -83,7 +91,10 @@ def check_node(node: NodeView, request: ReplicaRequest, ratio: float) -> str | N
         and node.gpu_memory_bytes is not None
         and node.gpu_memory_bytes < request.gpu_memory_bytes
     ):
-        return f"node's GPUs have {node.gpu_memory_bytes} bytes of memory, the kernel needs {request.gpu_memory_bytes}"
+        return (
+            f"node's GPUs have {format_bytes(node.gpu_memory_bytes)} of memory each, "
+            f"the kernel needs {format_bytes(request.gpu_memory_bytes)}"
+        )
     cap = subscription_cap(node, ratio, request.replicas)
     if node.subscribed + request.gpus > cap + 1e-9:
         return (
@@ -119,27 +130,12 @@ def pack_key(node: NodeView, replicas: int = DEFAULT_REPLICAS) -> tuple[int, flo
     return (node.idle, -subscription(node, replicas), node.name)
 
 
-def score_nodes(nodes: Sequence[NodeView], replicas: int = DEFAULT_REPLICAS) -> dict[str, int]:
-    """Extender scores in 0..MAX_EXTENDER_PRIORITY that preserve `rank_key`'s order as far as the
-    integer range allows: idle GPUs dominate, subscription breaks ties."""
-    if not nodes:
-        return {}
-    max_gpus = max((n.gpus for n in nodes), default=0) or 1
-    scores: dict[str, int] = {}
-    for n in nodes:
-        idle_part = n.idle / max_gpus  # 0..1, dominant
-        sub_part = 1.0 - min(subscription(n, replicas), 1.0)  # 0..1, tie-breaker
-        value = (idle_part * 0.9 + sub_part * 0.1) * MAX_EXTENDER_PRIORITY
-        scores[n.name] = max(0, min(MAX_EXTENDER_PRIORITY, round(value)))
-    return scores
-
-
 def rank_scores(nodes: Sequence[NodeView], replicas: int = DEFAULT_REPLICAS) -> dict[str, int]:
     """Extender scores straight from `rank_key`'s order: nodes are grouped by (idle GPUs,
     subscription) and the groups get evenly spaced scores from MAX_EXTENDER_PRIORITY (best) down
     to 0 (worst). Up to 11 distinct groups each get a score of their own, so the subscription
-    tie-break survives the integer range (score_nodes rounds it away when idle GPUs are equal);
-    with more groups, neighbours may share a score but the order is never inverted."""
+    tie-break survives the integer range; with more groups, neighbours may share a score but the
+    order is never inverted."""
     if not nodes:
         return {}
 
@@ -153,12 +149,6 @@ def rank_scores(nodes: Sequence[NodeView], replicas: int = DEFAULT_REPLICAS) -> 
     span = len(levels) - 1
     score = {lv: round(MAX_EXTENDER_PRIORITY * (1 - i / span)) for i, lv in enumerate(levels)}
     return {n.name: score[k] for n, k in zip(nodes, keys, strict=True)}
-
-
-def best_node(nodes: Iterable[NodeView], request: ReplicaRequest, ratio: float) -> NodeView | None:
-    """The node the policy would pick, or None when none is feasible."""
-    feasible, _ = filter_nodes(nodes, request, ratio)
-    return min(feasible, key=lambda n: rank_key(n, request.replicas), default=None)
 
 
 class SubscriptionRatio:

@@ -78,7 +78,9 @@ class Policy:
     """Replica that runs a cell: affinity (last executor, else most idle host) or packed (last
     executor, else the host that fits most tightly)."""
     victim: str = "random"
-    """Replica that migrates when none can run the cell: random (the prototype) or loaded."""
+    """Replica that migrates when none can run the cell: loaded (`migration.victim`, what the
+    operator runs) or random, an experiment knob for the prototype's rule: a random member among
+    those `migration.movable` allows."""
     scale_in_max_containers: int | None = 4
     """Only hosts with at most this many containers may be released (prototype rule), None: any."""
     idle_release_s: float | None = 0.0
@@ -139,3 +141,13 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (RESERVATION, BATCH, NOTEBOOKO
 
 def with_gpus_per_host(policy: Policy, gpus: int) -> Policy:
     return replace(policy, scaling=replace(policy.scaling, gpus_per_host=gpus))
+
+
+def on_fixed_cluster(policy: Policy, hosts: int | None) -> Policy:
+    """The policy on a cluster of at most ``hosts`` GPU hosts (None: elastic, unbounded), as in the
+    paper's fixed-cluster runs: reservation queues sessions when the hosts are full, batch queues
+    cells, and the replicated policies scale within the bound and oversubscribe past the
+    subscription-ratio cap once at it."""
+    if hosts is not None and hosts < 1:
+        raise ValueError(f"a fixed cluster needs at least 1 host, got {hosts}")
+    return replace(policy, scaling=replace(policy.scaling, max_hosts=hosts))

@@ -1,8 +1,10 @@
 """The discrete-event simulator: GPU hosts, kernels and cells, driven by a heap of timed events.
 
 Placement goes through `notebookos.policy.placement` (filter_nodes, rank_key/pack_key,
-SubscriptionRatio), device binding through `notebookos.policy.ledger.GpuLedger` and host counts
-through `notebookos.policy.autoscale`: the code the extender, broker and operator run.
+SubscriptionRatio), device binding through `notebookos.policy.ledger.GpuLedger`, the executor, the
+migration victim and target through `notebookos.policy.migration`, drain plans and scale-in
+candidates through `notebookos.policy.drain`, and host counts through `notebookos.policy.autoscale`:
+the code the extender, broker, router and operator run.
 
 Mechanisms (config.Policy.kind):
 
@@ -22,13 +24,13 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
 
-from notebookos.policy import autoscale
+from notebookos.policy import autoscale, drain, migration
 from notebookos.policy.ledger import GpuLedger, Grant
 from notebookos.policy.placement import NodeView, ReplicaRequest, SubscriptionRatio, filter_nodes, pack_key, rank_key
 from notebookos.sim.config import Costs, Policy
 from notebookos.sim.metrics import Result, summarise
+from notebookos.sim.state import Host, Kernel
 from notebookos.sim.workload import Cell, Workload
 
 # event kinds, in the order they apply when simultaneous: ends free GPUs before new work asks, a
@@ -37,52 +39,6 @@ HOST_READY, HOST_GONE, CELL_END, KERNEL_FREE, SESSION_START, CELL_SUBMIT, SESSIO
 REBALANCE_BACKOFF_S = 120.0
 REBALANCE_BACKOFF_MAX_S = 1800.0
 """A kernel that no host could take is tried again after 120 s, then 240 s, ... up to 30 min."""
-
-
-@dataclass
-class Host:
-    name: str
-    requested_at: float
-    ready_at: float
-    state: str = "provisioning"  # provisioning | ready | releasing
-    replicas: set[tuple[int, int]] = field(default_factory=set)
-    subscribed: int = 0
-    bound: int = 0
-    idle_since: float = 0.0
-    _kernels: frozenset[str] | None = None
-
-    def kernels(self) -> frozenset[str]:
-        if self._kernels is None:
-            self._kernels = frozenset(f"k{s}" for s, _ in self.replicas)
-        return self._kernels
-
-    def add(self, session: int, replica: int, gpus: int) -> None:
-        self.replicas.add((session, replica))
-        self.subscribed += gpus
-        self._kernels = None
-
-    def remove(self, session: int, replica: int, gpus: int) -> None:
-        self.replicas.discard((session, replica))
-        self.subscribed -= gpus
-        self._kernels = None
-
-
-@dataclass
-class Kernel:
-    session: int
-    gpus: int
-    hosts: list[str | None]
-    up: list[float]
-    queue: deque[Cell] = field(default_factory=deque)
-    busy: bool = False
-    """A cell is running, waiting for GPUs, or the kernel is syncing state after one."""
-    ended: bool = False
-    last_exec: int | None = None
-    grant: str | None = None
-    retry_at: float = -1.0
-    last_end: float = -math.inf
-    rebalance_after: float = -math.inf
-    rebalance_backoff: float = 0.0
 
 
 class Simulator:
@@ -103,6 +59,9 @@ class Simulator:
         for s in workload.sessions:
             if s.gpus > self.G:
                 raise ValueError(f"session {s.name} needs {s.gpus} GPUs per cell, hosts have {self.G}")
+        bound = policy.scaling.max_hosts
+        if bound is not None and bound < max(1, policy.replicas):
+            raise ValueError(f"a cluster of {bound} hosts cannot hold {policy.name}'s {policy.replicas} replicas")
         self.rng = random.Random(seed)
         self.price = price_per_gpu_hour
         self.progress = progress
@@ -112,6 +71,7 @@ class Simulator:
         self.kernels: dict[int, Kernel] = {}
         self.waiting: dict[int, tuple[Cell, float, bool]] = {}  # session -> (cell, ready, needs a host)
         self.pending_sessions: dict[int, None] = {}  # reservation sessions waiting for a host
+        self.sessions_queued = 0
         self._events: list[tuple[float, int, int, int, int]] = []
         self._seq = 0
         self._host_seq = 0
@@ -243,8 +203,9 @@ class Simulator:
     def _size(self) -> int:
         return sum(1 for h in self.hosts.values() if h.state != "releasing")
 
-    def _view(self, h: Host) -> NodeView:
-        return NodeView(h.name, self.G, h.subscribed, h.bound, h.kernels(), h.state != "releasing")
+    def _room(self) -> bool:
+        """Whether the cluster may grow by a host (always, unless it is bounded: a fixed cluster)."""
+        return self.p.scaling.max_hosts is None or self._size() < self.p.scaling.max_hosts
 
     # --- GPUs ----------------------------------------------------------------------------------------
 
@@ -275,7 +236,7 @@ class Simulator:
         return lambda n: key(n, self.p.replicas)
 
     def _choose(self, hosts: Iterable[Host], request: ReplicaRequest, ratio: float, how: str) -> Host | None:
-        feasible, _ = filter_nodes((self._view(h) for h in hosts), request, ratio)
+        feasible, _ = filter_nodes((h.view(self.G) for h in hosts), request, ratio)
         best = min(feasible, key=self._rank(how), default=None)
         return None if best is None else self.hosts[best.name]
 
@@ -297,6 +258,8 @@ class Simulator:
         ready = [h for h in self.hosts.values() if h.state == "ready"]
         h = self._choose(ready, ReplicaRequest(f"k{k.session}", k.gpus, 1), 1.0, self.p.placement)
         if h is None:
+            if k.session not in self.pending_sessions and not self._room():
+                self.sessions_queued += 1  # the cluster is at its bound: the session queues
             self.pending_sessions[k.session] = None
             self._reactive_scale_out()
             return False
@@ -318,7 +281,14 @@ class Simulator:
             h = self._choose(ready, req, ratio, self.p.placement)
             if h is None:  # a host on its way, else a new one (reactive scale-out)
                 coming = [h for h in self.hosts.values() if h.state == "provisioning"]
-                h = self._choose(coming, req, ratio, self.p.placement) or self._add_host(self.now)
+                h = self._choose(coming, req, ratio, self.p.placement)
+            if h is None and self._room():
+                h = self._add_host(self.now)
+            if h is None:  # a fixed cluster at its bound: oversubscribe past the ratio's cap
+                live = [h for h in self.hosts.values() if h.state != "releasing"]
+                h = self._choose(live, req, math.inf, self.p.placement)
+            if h is None:
+                raise AssertionError(f"no host for replica {i} of kernel {k.session} in {self._size()} hosts")
             h.add(k.session, i, k.gpus)
             k.hosts[i] = h.name
             k.up[i] = max(self.now, h.ready_at) + self.c.container_start_s
@@ -403,15 +373,13 @@ class Simulator:
         up = [i for i in range(self.p.replicas) if k.up[i] <= now]
         fits = [i for i in up if self.hosts[k.hosts[i]].bound + cell.gpus <= self.G]  # type: ignore[index]
         execution = f"k{k.session}/c{cell.index}"
+        rank = self._rank("pack" if self.p.executor == "packed" else "spread")
         if fits:
-            if k.last_exec in fits:  # executor affinity: its state is warm
-                i = k.last_exec
-            else:
-                key = self._rank("pack" if self.p.executor == "packed" else "spread")
-                i = min(fits, key=lambda j: key(self._view(self.hosts[k.hosts[j]])))  # type: ignore[index]
+            i = migration.executor_order(fits, k.last_exec, key=lambda j: rank(self.hosts[k.hosts[j]].view(self.G)))[0]  # type: ignore[index]
             self._bind(k.session, i, self.hosts[k.hosts[i]], cell.gpus, execution)  # type: ignore[index]
             k.last_exec = i
             k.grant = execution
+            k.running = True
             start = now + self.c.election_s
             self._start(k, cell, ready, start, start + cell.duration)
             return True
@@ -422,18 +390,20 @@ class Simulator:
             return False
         # migration: move one replica to a host with the GPUs free now
         victim = self._victim(k)
-        targets = [h for h in self.hosts.values() if h.state == "ready" and h.bound + cell.gpus <= self.G]
-        rank = "pack" if self.p.executor == "packed" else "spread"
-        t = self._choose(targets, ReplicaRequest(f"k{k.session}", k.gpus, self.p.replicas), self.sr.value, rank)
+        ready_views = (h.view(self.G) for h in self.hosts.values() if h.state == "ready")
+        req = ReplicaRequest(f"k{k.session}", k.gpus, self.p.replicas)
+        t = migration.target(ready_views, req, self.sr.value, rank, idle=cell.gpus)
         if t is None:
             self.waiting[k.session] = (cell, ready, True)
             self._reactive_scale_out()
             return False
-        self._move(k, victim, t)
+        to = self.hosts[t.name]
+        self._move(k, victim, to)
         self.migrations += 1
-        self._bind(k.session, victim, t, cell.gpus, execution)
+        self._bind(k.session, victim, to, cell.gpus, execution)
         k.last_exec = victim
         k.grant = execution
+        k.running = True
         start = now + self.c.migration_s + self.c.election_s
         self._start(k, cell, ready, start, start + cell.duration)
         return True
@@ -444,12 +414,16 @@ class Simulator:
             self._push(t, RETRY)
 
     def _victim(self, k: Kernel) -> int:
-        if self.p.victim == "loaded":  # the replica on the busiest host: frees the most contended one
-            return max(
-                range(self.p.replicas),
-                key=lambda i: (self.hosts[k.hosts[i]].bound, self.hosts[k.hosts[i]].subscribed, -i),  # type: ignore[index]
-            )
-        return self.rng.randrange(self.p.replicas)
+        """The replica to move; asked only once every replica is up and none runs a cell."""
+        members = k.members(self.now)
+        if self.p.victim == "random":  # experiment knob (the prototype's rule), among those the live rule allows
+            allowed = migration.movable(members)
+            v = self.rng.choice(allowed).replica if allowed else None
+        else:  # loaded: migration.victim, what the operator runs
+            v = migration.victim(members, {n: self.hosts[n].view(self.G) for n in k.hosts if n is not None})
+        if v is None:
+            raise AssertionError(f"no replica of kernel {k.session} may move: {members}")
+        return v
 
     def _move(self, k: Kernel, i: int, to: Host) -> None:
         old = self.hosts[k.hosts[i]]  # type: ignore[index]
@@ -477,7 +451,7 @@ class Simulator:
 
     def _on_kernel_free(self, s: int, _: int) -> None:
         k = self.kernels[s]
-        k.busy = False
+        k.busy = k.running = False
         k.last_end = self.now
         if self.p.rebalance:
             k.rebalance_backoff, k.rebalance_after = 0.0, -math.inf  # it just ran: worth trying at once
@@ -487,21 +461,41 @@ class Simulator:
         else:
             self._maybe_teardown(k)
 
+    def _most_free(self) -> int:
+        """The most GPUs any ready host could still give one request: no waiting work that needs
+        more can start now (reservation and batch subscribe what they bind; replicas do not)."""
+        used = (lambda h: h.bound) if self.p.kind == "replicated" else (lambda h: max(h.bound, h.subscribed))
+        return max((self.G - used(h) for h in self.hosts.values() if h.state == "ready"), default=0)
+
     def _retry(self) -> None:
+        # Work that cannot fit anywhere is skipped (one scale-out request covers it), which keeps a
+        # full fixed cluster with hundreds of queued sessions linear instead of quadratic.
+        free = self._most_free()
+        skipped = False
         for s in list(self.pending_sessions):
             if s in self.kernels:
-                self._place_reservation(self.kernels[s])
+                if self.kernels[s].gpus > free:
+                    skipped = True
+                elif self._place_reservation(self.kernels[s]):
+                    free = self._most_free()
         for s, (cell, ready, _) in list(self.waiting.items()):
-            if s in self.waiting and self._try_run(self.kernels[s], cell, ready):
+            if s not in self.waiting:
+                continue
+            if cell.gpus > free and self.p.kind != "reservation":  # reservation's cells use its own GPUs
+                skipped = True
+            elif self._try_run(self.kernels[s], cell, ready):
                 self.waiting.pop(s, None)
+                free = self._most_free()
+        if skipped:
+            self._reactive_scale_out()
 
     # --- autoscaling -----------------------------------------------------------------------------------
 
     def _reactive_scale_out(self) -> None:
         """Request the hosts that waiting work needs beyond those already on their way."""
-        need = sum(cell.gpus for cell, _, host in self.waiting.values() if host)
-        need += sum(self.kernels[s].gpus for s in self.pending_sessions)
-        hosts = math.ceil(need / self.G)
+        need = [ReplicaRequest(f"k{s}", cell.gpus) for s, (cell, _, host) in self.waiting.items() if host]
+        need += [ReplicaRequest(f"k{s}", self.kernels[s].gpus) for s in self.pending_sessions]
+        hosts = autoscale.scale_out_demand(need, self.G).nodes
         coming = sum(1 for h in self.hosts.values() if h.state == "provisioning")
         room = None if self.p.scaling.max_hosts is None else self.p.scaling.max_hosts - self._size()
         add = hosts - coming if room is None else min(hosts - coming, room)
@@ -546,6 +540,7 @@ class Simulator:
         free = [h for h in self.hosts.values() if h.state == "ready" and h.bound < self.G]
         room = max((self.G - h.bound for h in free), default=0)
         todo, self._unroomy = sorted(self._unroomy), set()
+        rank = self._rank("pack" if self.p.executor == "packed" else "spread")
         for s in todo:
             found = self.kernels.get(s)
             if found is None:
@@ -562,18 +557,16 @@ class Simulator:
                 self._unroomy.add(s)
                 continue
             t = None
-            if k.gpus <= room:
-                targets = [h for h in free if h.bound + k.gpus <= self.G and h.name not in k.hosts]
-                rank = "pack" if self.p.executor == "packed" else "spread"
+            if k.gpus <= room:  # else no host can have its GPUs idle: skip the search
                 req = ReplicaRequest(f"k{k.session}", k.gpus, self.p.replicas)
-                t = self._choose(targets, req, self.sr.value, rank)
+                t = migration.target((h.view(self.G) for h in free), req, self.sr.value, rank)
             if t is None:  # no host with room, or the subscription cap refuses them: back off, doubling
                 k.rebalance_backoff = min(max(2 * k.rebalance_backoff, REBALANCE_BACKOFF_S), REBALANCE_BACKOFF_MAX_S)
                 k.rebalance_after = self.now + k.rebalance_backoff
                 self._unroomy.add(s)
                 continue
             k.rebalance_backoff = 0.0
-            self._move(k, self._victim(k), t)
+            self._move(k, self._victim(k), self.hosts[t.name])
             self.rebalance_migrations += 1
 
     def _scale_in(self, n: int) -> None:
@@ -581,20 +574,13 @@ class Simulator:
         grace = self.p.idle_release_s
         if grace is None:
             grace = self.c.host_provision_s + self.c.host_release_s
-        candidates = sorted(
-            (
-                h
-                for h in self.hosts.values()
-                if h.state == "ready"
-                and h.bound == 0
-                and self.now - h.idle_since >= grace
-                and (cap is None or len(h.replicas) <= cap)
-            ),
-            key=lambda h: (len(h.replicas), h.name),
-        )
-        for h in candidates:
+        # a host with GPUs bound is never a candidate: leaving it out spares a view per host and tick
+        ready = [h for h in self.hosts.values() if h.state == "ready" and h.bound == 0]
+        idle_s = {h.name: self.now - h.idle_since for h in ready}
+        for name in drain.scale_in_candidates((h.view(self.G) for h in ready), idle_s, grace, cap):
             if n == 0:
                 break
+            h = self.hosts[name]
             if h.replicas and (self.p.kind != "replicated" or not self._drain(h)):
                 continue
             self._release_host(h)
@@ -611,25 +597,25 @@ class Simulator:
         )
 
     def _drain(self, h: Host) -> bool:
-        """Plan new homes for every replica on ``h`` (no new hosts); apply only if all have one."""
-        if any(self.kernels[s].busy for s, _ in h.replicas):
-            return False  # a kernel of this host is running a cell: the prototype abandons
+        """Move every replica off ``h`` to the hosts there are (drain.drain_plan), or none of them."""
         if self.p.rebalance and any(
             self._active(self.kernels[s]) and not self._roomy(self.kernels[s], h) for s, _ in h.replicas
         ):
             return False  # ours: the host is a kernel's only room; draining it would undo a rebalance
-        others = {o.name: self._view(o) for o in self.hosts.values() if o.state == "ready" and o is not h}
-        plan: list[tuple[int, int, str]] = []
-        for s, i in sorted(h.replicas):
-            k = self.kernels[s]
-            req = ReplicaRequest(f"k{s}", k.gpus, self.p.replicas)
-            feasible, _ = filter_nodes(others.values(), req, self.sr.value)
-            best = min(feasible, key=self._rank(self.p.placement), default=None)
-            if best is None:
-                return False
-            plan.append((s, i, best.name))
-            others[best.name] = replace(best, subscribed=best.subscribed + k.gpus, kernels=best.kernels | {req.kernel})
-        for s, i, target in plan:
+        sessions = {f"k{s}": s for s, _ in h.replicas}
+        residents = [
+            drain.Resident(
+                ReplicaRequest(name, self.kernels[s].gpus, self.p.replicas), tuple(self.kernels[s].members(self.now))
+            )
+            for name, s in sorted(sessions.items(), key=lambda kv: kv[1])
+        ]
+        # a generator: drain_plan reads the other hosts only when it plans (most calls are "not now")
+        others = (o.view(self.G) for o in self.hosts.values() if o.state == "ready" and o is not h)
+        plan = drain.drain_plan(h.view(self.G), residents, others, self.sr.value, self._rank(self.p.placement))
+        if plan is None:
+            return False
+        for name, i, target in plan:
+            s = sessions[name]
             self._move(self.kernels[s], i, self.hosts[target])
             self.drain_migrations += 1
             if self.p.rebalance:

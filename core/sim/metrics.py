@@ -50,6 +50,9 @@ class Result:
     """Idle replicas moved off hosts that scale-in released."""
     rebalance_migrations: int
     """Replicas of idle kernels moved ahead of their next cell (ours)."""
+    sessions_queued: int
+    """Sessions that found the cluster full and at its bound (a fixed cluster) and queued for a
+    host (reservation)."""
     hosts_added: int
     hosts_released: int
     peak_hosts: int
@@ -60,6 +63,8 @@ class Result:
     delays: list[float] = field(repr=False, default_factory=list)
     series: list[tuple[float, int, int]] = field(repr=False, default_factory=list)
     """(time s, hosts paid for, GPUs bound) at each change."""
+    max_hosts: int | None = None
+    """The cluster's bound (a fixed cluster), None when elastic."""
 
     def to_dict(self, full: bool = False) -> dict[str, Any]:
         d = asdict(self)
@@ -93,6 +98,7 @@ def summarise(sim: Simulator, wall_s: float, t0: float) -> Result:
         migrations=sim.migrations,
         drain_migrations=sim.drain_migrations,
         rebalance_migrations=sim.rebalance_migrations,
+        sessions_queued=sim.sessions_queued,
         hosts_added=sim.hosts_added,
         hosts_released=sim.hosts_released,
         peak_hosts=max((n for _, n, _ in sim.series), default=0),
@@ -100,6 +106,7 @@ def summarise(sim: Simulator, wall_s: float, t0: float) -> Result:
         cost_usd=provisioned * sim.price,
         price_per_gpu_hour=sim.price,
         wall_s=wall_s,
+        max_hosts=sim.p.scaling.max_hosts,
         delays=list(delays),
         series=list(sim.series),
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 from notebookos.sim.config import POLICIES, Costs, Policy
 from notebookos.sim.engine import Simulator
 from notebookos.sim.metrics import Result
-from notebookos.sim.workload import DEFAULT_TRACE_DIR, Workload
+from notebookos.sim.workload import DEFAULT_TRACE_DIR, Workload, shifted
 
 
 def trace_dir(explicit: str | Path | None = None) -> Path:
@@ -61,3 +61,28 @@ def run_all(
             print(f"  {workload.name}: {p.name} simulated in {r.wall_s:.1f} s", file=sys.stderr)
         results.append(r)
     return results
+
+
+REPLAY_SHIFT_S = 900.0
+"""Replays after the first move each session by up to 15 min: same sessions and cells, other
+interleavings (a single replay is chaotic: a few minutes change a policy's GPU-hours by +-5 %)."""
+
+
+def replays(w: Workload, n: int, max_shift_s: float = REPLAY_SHIFT_S) -> list[Workload]:
+    """The workload as recorded, then ``n - 1`` replays with the sessions shifted (seed 1, 2, ...)."""
+    if n < 1:
+        raise ValueError(f"need at least 1 replay, got {n}")
+    return [w] + [shifted(w, max_shift_s, seed) for seed in range(1, n)]
+
+
+def run_replays(
+    ws: Sequence[Workload], pols: Sequence[Policy], costs: Costs, *, price: float = 2.5
+) -> dict[str, list[Result]]:
+    """Each policy on each replay; replay i runs with seed i (the same for every policy, so that two
+    policies can be compared replay by replay)."""
+    out: dict[str, list[Result]] = {p.name: [] for p in pols}
+    for i, w in enumerate(ws):
+        c = replace(costs, download_bps=w.download_bps, upload_bps=w.upload_bps)
+        for p in pols:
+            out[p.name].append(Simulator(w, p, c, seed=i, price_per_gpu_hour=price).run())
+    return out

@@ -22,6 +22,12 @@ TASKS_FILE = "sensei-june-2021-gpu-tasks.csv"
 # Session lifetimes assumed for the task CSV, which has none: the session opens at its first
 # submit and closes this long after its last task ends (Adobe Sensei's idle reclamation, 30 min).
 DEFAULT_IDLE_TAIL_S = 30 * 60.0
+# ... and a session is split where it sits idle longer than this between two tasks. The session
+# template (same production data, with real lifetimes) has no session idle longer than 23.2 h
+# between two cells (CPU-only cells included, as the CSV's converter counts them): 24 h splits no
+# template session, and does split the CSV's groups that idle for days (a group's median life
+# would be 344 h unsplit, against the template's 21 h). tests/sim/test_inference.py keeps it so.
+DEFAULT_SPLIT_GAP_S = 24 * 3600.0
 DEFAULT_DOWNLOAD_BPS = 200e6  # the traces' remote storage (S3), remoteStorageDefinition
 DEFAULT_UPLOAD_BPS = 125e6
 
@@ -63,6 +69,13 @@ class Workload:
         return [c for s in self.sessions for c in s.cells]
 
     @property
+    def reserved_gpu_hours(self) -> float:
+        """Reservation, GPU-granular: each session's peak GPUs for its whole life, as if GPUs could
+        be rented one by one (no hosts, no packing). The simulated reservation policy rents whole
+        hosts and is dearer."""
+        return sum(s.gpus * (s.stop - s.start) for s in self.sessions) / 3600
+
+    @property
     def end(self) -> float:
         return max((s.stop for s in self.sessions), default=0.0)
 
@@ -74,7 +87,7 @@ class Workload:
             "gpu_cells": len(cells),
             "span_h": round(self.end / 3600, 2),
             "cell_gpu_hours": round(sum(c.gpus * c.duration for c in cells) / 3600, 1),
-            "reserved_gpu_hours": round(sum(s.gpus * (s.stop - s.start) for s in self.sessions) / 3600, 1),
+            "reserved_gpu_hours": round(self.reserved_gpu_hours, 1),
             "assumptions": self.assumptions,
         }
 
@@ -133,7 +146,7 @@ def load_template(path: str | Path) -> Workload:
         peak = max(int((s.get("max_resource_request") or {}).get("gpus", 0)), max(c.gpus for c in cells))
         sessions.append(Session(len(sessions), str(s.get("id", i)), start, stop, peak, cells))
     return Workload(
-        name="template",
+        name=p.stem,
         sessions=sessions,
         download_bps=float(storage.get("downloadRate", DEFAULT_DOWNLOAD_BPS)),
         upload_bps=float(storage.get("uploadRate", DEFAULT_UPLOAD_BPS)),
@@ -144,11 +157,47 @@ def load_template(path: str | Path) -> Workload:
     )
 
 
-def load_tasks(path: str | Path, idle_tail_s: float = DEFAULT_IDLE_TAIL_S) -> Workload:
-    """The one-month task CSV (Tiresias format, minutes). Sessions are inferred where submit_time
-    goes backwards between consecutive rows; each session lives from its first submit to its last
-    task's end (cells run one at a time) plus ``idle_tail_s``."""
+def idle_gaps(cells: list[Cell]) -> list[float]:
+    """Idle time before each cell after the first: its submit minus the end of the cells before it
+    (run one after another, as a kernel does), never negative."""
+    gaps, end = [], None
+    for c in cells:
+        if end is not None:
+            gaps.append(max(0.0, c.submit - end))
+            end = max(end, c.submit) + c.duration
+        else:
+            end = c.submit + c.duration
+    return gaps
+
+
+def split_at_gaps(
+    tasks: list[tuple[float, float, int]], split_gap_s: float | None
+) -> list[list[tuple[float, float, int]]]:
+    """A group of (submit, duration, gpus) tasks in file order, cut wherever the kernel would sit
+    idle longer than ``split_gap_s`` before the next task (None: never cut)."""
+    parts: list[list[tuple[float, float, int]]] = []
+    end: float | None = None
+    for sub, dur, n in tasks:
+        if end is None or (split_gap_s is not None and sub - end > split_gap_s):
+            parts.append([])
+            end = sub
+        parts[-1].append((sub, dur, n))
+        end = max(end, sub) + dur
+    return parts
+
+
+def load_tasks(
+    path: str | Path,
+    idle_tail_s: float = DEFAULT_IDLE_TAIL_S,
+    split_gap_s: float | None = DEFAULT_SPLIT_GAP_S,
+) -> Workload:
+    """A task CSV (Tiresias format, minutes), named after its file. Sessions are inferred: a group
+    starts where submit_time goes backwards between consecutive rows, and a group is cut where it
+    would sit idle longer than ``split_gap_s`` (None: never); each session lives from its first
+    submit to its last task's end (tasks run one at a time) plus ``idle_tail_s``."""
     p = Path(path)
+    if idle_tail_s < 0 or (split_gap_s is not None and split_gap_s <= 0):
+        raise WorkloadError(f"{p}: idle tail must be >= 0 and the split gap > 0")
     try:
         fh = p.open(newline="")
     except FileNotFoundError:
@@ -174,21 +223,24 @@ def load_tasks(path: str | Path, idle_tail_s: float = DEFAULT_IDLE_TAIL_S) -> Wo
                 groups[-1].append((submit * TICK_S, dur * TICK_S, gpus))
     sessions: list[Session] = []
     for g in groups:
-        if not g:
-            continue
-        idx = len(sessions)
-        cells = [Cell(idx, j, sub, dur, n) for j, (sub, dur, n) in enumerate(g)]
-        end = 0.0
-        for c in cells:  # serial execution decides when the last cell ends
-            end = max(end, c.submit) + c.duration
-        sessions.append(Session(idx, f"s{idx}", cells[0].submit, end + idle_tail_s, max(c.gpus for c in cells), cells))
+        for part in split_at_gaps(g, split_gap_s):
+            idx = len(sessions)
+            cells = [Cell(idx, j, sub, dur, n) for j, (sub, dur, n) in enumerate(part)]
+            end = 0.0
+            for c in cells:  # serial execution decides when the last cell ends
+                end = max(end, c.submit) + c.duration
+            peak = max(c.gpus for c in cells)
+            sessions.append(Session(idx, f"s{idx}", cells[0].submit, end + idle_tail_s, peak, cells))
+    split = "never" if split_gap_s is None else f"where idle longer than {split_gap_s / 3600:g} h"
     return Workload(
-        name="month",
+        name=p.stem,
         sessions=sessions,
         assumptions=[
-            "sessions inferred where submit_time goes backwards between consecutive rows",
+            "sessions inferred where submit_time goes backwards between consecutive rows,"
+            f" and split {split} between two tasks",
             "session life = first submit to last task end (tasks run one at a time)"
             f" + {idle_tail_s / 60:g} min idle tail",
+            "the CSV's converter counted CPU-only cells as 1-GPU tasks: 1-GPU figures include them",
         ],
     )
 

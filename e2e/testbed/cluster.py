@@ -318,8 +318,10 @@ class Cluster:
         prefix: str = "gpu",
         model: str = "NVIDIA H100 80GB HBM3",
         memory_mib: int = 81559,
+        extra_labels: dict[str, str] | None = None,
     ) -> list[str]:
-        """kwok nodes in the GPU pool, with the inventory the node agent would publish."""
+        """kwok nodes in the GPU pool, with the inventory the node agent would publish.
+        `extra_labels`: e.g. a test module's own slice of the pool (the operator's node selector)."""
         core = self.core()
         names = []
         for _ in range(count):
@@ -351,6 +353,7 @@ class Cluster:
                         "type": "kwok",
                         labels.GPU_POOL_LABEL: labels.GPU_POOL_VALUE,
                         "nvidia.com/gpu.product": model.replace(" ", "-"),
+                        **(extra_labels or {}),
                     },
                 },
                 "spec": {

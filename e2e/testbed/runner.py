@@ -4,7 +4,8 @@ Only pods labelled ``notebookos.io/runner=process`` and bound to a kwok node are
 first container's command and args ($(VAR) expanded as the kubelet does), its environment with
 values from Secrets, ConfigMaps and the downward API, ``POD_IP`` (a loopback address from kwok's
 pod CIDR, so the process can bind it), a service-account folder with a token bound to the pod
-(``NOTEBOOKOS_SA_DIR``; environment values naming the well-known service-account path point there)
+(environment values naming the kubelet's service-account mount path, such as the kernel pods'
+``NOTEBOOKOS_SERVICE_ACCOUNT_DIR``, are rewritten to point there)
 and the API server's address. Paths under emptyDir mounts are remapped to
 a private folder per pod. The process is stopped when the pod is deleted; when it exits on its own,
 the pod is reported Failed. Test-only and deliberately small.
@@ -248,7 +249,6 @@ class ProcessRunner:
                 "TMPDIR": str(workdir),
                 "KUBERNETES_SERVICE_HOST": host,
                 "KUBERNETES_SERVICE_PORT": port,
-                "NOTEBOOKOS_SA_DIR": str(sa_dir),
                 "PATH": os.environ.get("PATH", ""),
                 "PYTHONUNBUFFERED": "1",
             }

@@ -6,6 +6,7 @@ Used by `make up` (e2e/testbed/up.py) and by the full-stack e2e tests, so both r
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ class Stack:
     extender_url: str = ""
     broker_url: str = ""
     operator_health: str = ""
+    operator_metrics: str = ""
     extra_operator_env: dict[str, str] = field(default_factory=dict)
 
     def apply_crds(self) -> None:
@@ -37,6 +39,10 @@ class Stack:
     def start(self) -> Stack:
         c = self.cluster
         self.apply_crds()
+        # What the chart installs beside the CRDs: the capacity requests' PriorityClass.
+        from notebookos.operator.capacity import CapacityConfig, priority_class
+
+        c.kubectl("apply", "-f", "-", input=json.dumps(priority_class(CapacityConfig())))
         self.runner = ProcessRunner(c).start()
         py = sys.executable
         port = free_port()
@@ -90,6 +96,8 @@ class Stack:
         c = self.cluster
         port = free_port()
         self.operator_health = f"http://127.0.0.1:{port}/healthz"
+        metrics_port = free_port()
+        self.operator_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         c.spawn(
             name,
             [
@@ -98,6 +106,7 @@ class Stack:
                 "notebookos.operator",
                 "--standalone",
                 f"--liveness={self.operator_health}",
+                f"--metrics-port={metrics_port}",
                 f"--scheduler-name={labels.SCHEDULER_NAME}",
                 f"--broker-url={self.broker_url}",
                 f"--runner={labels.RUNNER_VALUE}",

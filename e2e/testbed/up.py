@@ -23,6 +23,7 @@ from .stack import Stack
 from .wait import until
 
 STATE = REPO / ".notebookos"
+ENV_FILE = STATE / "env"  # `source` it: KUBECONFIG, and PATH with the venv and the matching kubectl
 PIDFILE = STATE / "up.pid"
 READY = STATE / "ready.json"
 LOG = STATE / "up.log"
@@ -82,6 +83,14 @@ def serve(gpu_nodes: int) -> None:
                     "connection_file": str(conn),
                     "nodes": nodes,
                     "cell_output": output,
+                    # The project's commands (jupyter, notebookos) and the kubectl of this very
+                    # control plane's version, whatever else is on PATH.
+                    "path": [str(Path(sys.executable).parent), str(cluster.bin_dir / "bin")],
+                    "metrics": {
+                        "operator": stack.operator_metrics,
+                        "broker": f"{stack.broker_url}/metrics",
+                        "extender": f"{stack.extender_url}/metrics",
+                    },
                 }
             )
         )
@@ -118,17 +127,44 @@ def start(gpu_nodes: int, timeout: float) -> int:
             return 1
         time.sleep(1)
     info = json.loads(READY.read_text())
+    ENV_FILE.write_text(env_script(info))
     print(f"NotebookOS is up. A cell ran in NotebookKernel {NAMESPACE}/{KERNEL}: {info['cell_output'].strip()}")
-    print(f"""
-  export KUBECONFIG={info["kubeconfig"]}
-  kubectl get notebookos -A            # kernels and replicas
-  kubectl get pods -o wide             # replica pods on fake GPU nodes {", ".join(info["nodes"])}
+    print(hints(info))
+    return 0
+
+
+def env_script(info: dict[str, object]) -> str:
+    """What `source .notebookos/env` sets: this control plane's kubeconfig, and PATH starting with
+    the virtual environment (jupyter, notebookos) and the test bed's kubectl (same version as the
+    API server; a system kubectl may be several minor versions behind)."""
+    path = ":".join(str(p) for p in info["path"])  # type: ignore[attr-defined]
+    return f'export KUBECONFIG={info["kubeconfig"]}\nexport PATH="{path}:$PATH"\n'
+
+
+def hints(info: dict[str, object]) -> str:
+    """The commands to try, each working as printed once the env file is sourced."""
+    m: dict[str, str] = info["metrics"]  # type: ignore[assignment]
+    nodes = ", ".join(info["nodes"])  # type: ignore[arg-type]
+    return f"""
+  source {ENV_FILE}
+  kubectl get notebookos -A            # kernels and replicas (kubectl {kubectl_version(info)}, the server's own)
+  kubectl get pods -o wide             # replica pods on fake GPU nodes {nodes}
   jupyter console --existing {info["connection_file"]}
+  notebookos interrupt {KERNEL} --via pod    # interrupts a running cell (the console's Ctrl-C cannot)
   # another kernel:  kubectl apply -f examples/full.yaml  then  notebookos connect full --via pod
+  # metrics: operator {m["operator"]}, broker {m["broker"]}, extender {m["extender"]}
   # logs: {STATE / "cluster" / "logs"}
   make down                            # stop it all
-""")
-    return 0
+"""
+
+
+def kubectl_version(info: dict[str, object]) -> str:
+    kubectl = Path(info["path"][1]) / "kubectl"  # type: ignore[index]
+    try:
+        out = subprocess.run([str(kubectl), "version", "--client", "-o", "json"], capture_output=True, text=True)
+        return str(json.loads(out.stdout)["clientVersion"]["gitVersion"])
+    except (OSError, ValueError, KeyError):
+        return "?"
 
 
 def stop() -> int:

@@ -10,6 +10,7 @@ import kopf
 from notebookos import labels as names
 
 from .. import naming
+from ..migration import draining
 from ..reconcile import Reconciler
 
 
@@ -19,7 +20,9 @@ def _route(reconciler: Reconciler, namespace: str, pod_labels: Mapping[str, str]
         return
     component = pod_labels.get(names.COMPONENT_LABEL)
     rid = pod_labels.get(names.REPLICA_ID_LABEL, "")
-    if component == naming.COMPONENT_REPLICA and rid.isdigit():
+    if pod_labels.get(names.CAPACITY_REQUEST_LABEL):
+        reconciler.kernel(namespace, kernel)  # placed on a new node, or preempted: look again
+    elif component == naming.COMPONENT_REPLICA and rid.isdigit():
         reconciler.replica(namespace, naming.replica_name(kernel, int(rid)))
     elif component == naming.COMPONENT_ROUTER:
         reconciler.kernel(namespace, kernel)
@@ -34,13 +37,26 @@ def _deleted(type: str, **_: Any) -> bool:
     return type == "DELETED"
 
 
-# Only a vanished node matters here: pods on live nodes report their own changes. (A cordoned node
-# is drained by migration, which is not this handler's job.) The filter keeps the frequent node
-# heartbeats from invoking the handler at all.
-@kopf.on.event("v1", "nodes", when=_deleted)
-def node_event(type: str, name: str, memo: Any, **_: Any) -> None:
-    reconciler: Reconciler = memo["reconciler"]
+# A vanished node (its replicas are replaced) and a node being drained (cordoned, or tainted for
+# removal: its kernels move their replicas off). The filters keep the frequent heartbeats of other
+# nodes from invoking a handler at all.
+def _route_pods_on(reconciler: Reconciler, node: str) -> None:
     selector = naming.label_selector({"app.kubernetes.io/managed-by": names.MANAGED_BY})
-    for pod in reconciler.kube.list_pods_on_node(name, selector):
+    for pod in reconciler.kube.list_pods_on_node(node, selector):
         meta = pod.get("metadata") or {}
         _route(reconciler, meta.get("namespace", ""), meta.get("labels") or {})
+
+
+@kopf.on.event("v1", "nodes", when=_deleted)
+def node_event(name: str, memo: Any, **_: Any) -> None:
+    _route_pods_on(memo["reconciler"], name)
+
+
+def _draining(type: str, body: Mapping[str, Any], **_: Any) -> bool:
+    return type != "DELETED" and draining(body)
+
+
+@kopf.on.event("v1", "nodes", when=_draining)
+def node_draining(name: str, memo: Any, **_: Any) -> None:
+    # Its replicas record it (their NodeDraining condition), and their kernels move them off.
+    _route_pods_on(memo["reconciler"], name)

@@ -16,6 +16,7 @@ from e2e.testbed.cluster import toolchain_dir
 from notebookos import labels
 from notebookos.extender import broker_main, extender_main, node_agent_main
 from notebookos.extender.scheduler_config import render as render_scheduler_config
+from notebookos.operator import capacity
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "notebookos"
@@ -229,10 +230,11 @@ def test_extender_listens_on_localhost_only_and_its_flags_parse(helm: str) -> No
     assert args.host == "127.0.0.1" and args.port == 8888
     assert args.max_subscription_ratio == 2.5
     assert "ports" not in ext
-    services = [d for d in docs if d["kind"] == "Service"]
-    assert [s["metadata"]["name"] for s in services] == ["notebookos-broker"]
-    assert services[0]["spec"]["selector"]["app.kubernetes.io/name"] == "notebookos-broker"
-    assert services[0]["spec"]["type"] == "ClusterIP"
+    # No Service reaches the extender: only the broker's and the operator's metrics have one.
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    assert sorted(services) == ["notebookos-broker", "notebookos-operator-metrics"]
+    assert services["notebookos-broker"]["spec"]["selector"]["app.kubernetes.io/name"] == "notebookos-broker"
+    assert all(s["spec"]["type"] == "ClusterIP" for s in services.values())
 
 
 def test_broker_flags_parse_and_the_operator_points_at_its_service(helm: str) -> None:
@@ -274,9 +276,33 @@ def test_node_agent_runs_on_the_gpu_pool_with_nvml(helm: str) -> None:
     assert "runtimeClassName" not in find(plain, "DaemonSet", "notebookos-node-agent")["spec"]["template"]["spec"]
 
 
+@pytest.mark.parametrize("extra", [[], ["--set", "capacityRequests.priority=-7,capacityRequests.gpusPerNode=4"]])
+def test_capacity_priority_class_is_what_the_builder_makes_from_the_operators_env(helm: str, extra: list[str]) -> None:
+    docs = render(helm, *extra)
+    env = container(docs, "Deployment", "notebookos-operator", "operator")["env"]
+    cfg = capacity.CapacityConfig.from_env({e["name"]: e["value"] for e in env if "value" in e})
+    rendered = find(docs, "PriorityClass", cfg.priority_class)
+    built = capacity.priority_class(cfg)
+    assert {k: v for k, v in rendered.items() if k != "metadata"} == {k: v for k, v in built.items() if k != "metadata"}
+    assert cfg.gpus_per_node == (4 if extra else 8) and cfg.priority == (-7 if extra else capacity.DEFAULT_PRIORITY)
+
+
+def test_scale_in_is_off_by_default_and_configured_from_values(helm: str) -> None:
+    from notebookos.operator.scale_in import ScaleInConfig
+
+    def cfg(*extra: str) -> ScaleInConfig:
+        env = container(render(helm, *extra), "Deployment", "notebookos-operator", "operator")["env"]
+        return ScaleInConfig.from_env({e["name"]: e["value"] for e in env if "value" in e})
+
+    assert not cfg().enabled
+    on = cfg("--set", "scaleIn.nodeSelector=karpenter.sh/nodepool,scaleIn.idleSeconds=120")
+    assert on.enabled and on.selector == "karpenter.sh/nodepool" and on.idle_seconds == 120
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
+        (["--set", "scaleIn.intervalSeconds=0"], "at '/scaleIn/intervalSeconds': minimum: got 0, want 1"),
         (["--set", "scheduler.replicas=-1"], "at '/scheduler/replicas': minimum: got -1, want 0"),
         (["--set", "operator.replicas=-2"], "at '/operator/replicas': minimum: got -2, want 0"),
         (["--set", "broker.replicas=2"], "at '/broker/replicas': maximum: got 2, want 1"),
@@ -288,6 +314,8 @@ def test_node_agent_runs_on_the_gpu_pool_with_nvml(helm: str) -> None:
         (["--set", "scheduler.extender.port=80"], "at '/scheduler/extender/port': minimum: got 80, want 1,024"),
         (["--set", "operator.replicass=1"], "additional properties 'replicass' not allowed"),
         (["--set", "jupyterhub.kernelNamespace=Team_A"], "at '/jupyterhub/kernelNamespace'"),
+        (["--set", "capacityRequests.priority=-11"], "at '/capacityRequests/priority': minimum: got -11, want -10"),
+        (["--set", "capacityRequests.priority=0"], "at '/capacityRequests/priority': maximum: got 0, want -1"),
     ],
 )
 def test_bad_values_are_refused_by_the_schema(helm: str, args: list[str], expected: str) -> None:
@@ -295,3 +323,35 @@ def test_bad_values_are_refused_by_the_schema(helm: str, args: list[str], expect
     assert proc.returncode != 0, proc.stdout[:500]
     assert "values don't meet the specifications of the schema" in proc.stderr
     assert expected in proc.stderr, proc.stderr
+
+
+def test_operator_serves_metrics_on_a_service_and_service_monitors_are_optional(helm: str) -> None:
+    from notebookos.operator.__main__ import parse_args
+
+    docs = render(helm)
+    op = container(docs, "Deployment", "notebookos-operator", "operator")
+    assert parse_args(flags(op, "notebookos.operator")).metrics_port == 8081
+    assert {"name": "metrics", "containerPort": 8081} in op["ports"]
+    svc = find(docs, "Service", "notebookos-operator-metrics")
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 8081, "targetPort": "metrics"}]
+    assert svc["spec"]["selector"]["app.kubernetes.io/name"] == "notebookos-operator"
+    assert not [d for d in docs if d["kind"] == "ServiceMonitor"]  # off by default: needs Prometheus Operator's CRDs
+    on = render(
+        helm, "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.labels.release=kps"
+    )
+    monitors = {d["metadata"]["name"]: d for d in on if d["kind"] == "ServiceMonitor"}
+    assert set(monitors) == {"notebookos-operator", "notebookos-broker"}
+    for name, port in (("notebookos-operator", "metrics"), ("notebookos-broker", "http")):
+        m = monitors[name]
+        assert m["metadata"]["labels"]["release"] == "kps"
+        assert m["spec"]["endpoints"] == [{"port": port, "path": "/metrics", "interval": "30s"}]
+        # The ServiceMonitor selects a Service that exists and names the port it has.
+        svc = next(
+            d for d in on if d["kind"] == "Service" and d["metadata"]["labels"]["app.kubernetes.io/name"] == name
+        )
+        assert all(svc["metadata"]["labels"][k] == v for k, v in m["spec"]["selector"]["matchLabels"].items())
+        assert port in [p["name"] for p in svc["spec"]["ports"]]
+    no_broker = render(helm, "--set", "metrics.serviceMonitor.enabled=true", "--set", "broker.enabled=false")
+    assert [d["metadata"]["name"] for d in no_broker if d["kind"] == "ServiceMonitor"] == ["notebookos-operator"]
+    proc = run_helm(helm, "template", "notebookos", str(CHART), "--set", "metrics.serviceMonitor.interval=often")
+    assert proc.returncode != 0 and "at '/metrics/serviceMonitor/interval'" in proc.stderr, proc.stderr

@@ -235,3 +235,51 @@ def test_execution_ids_are_scoped_by_kernel(server_thread) -> None:
     r = requests.post(f"{srv.url}/v1/release", json={"executionId": "cell-1"}, headers=hdr("tok-k2"), timeout=10)
     assert r.json()["devices"] == b.json()["devices"]
     assert [(g.kernel, g.execution_id) for g in broker.grants()] == [("ns/k1", "cell-1")]
+
+
+def test_each_grant_and_refusal_is_logged_and_gpu_seconds_counted(
+    server_thread, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import time
+
+    store = MemoryBindingStore()
+    _, srv = start_broker(server_thread, store)
+    u = srv.url
+    caplog.set_level(logging.INFO, logger="notebookos.extender.broker")
+    r = requests.post(f"{u}/v1/acquire", json=acquire_body(1, "e1", gpus=2), headers=hdr("tok-k1"), timeout=10)
+    assert r.status_code == 200
+    assert store.status[("ns/k1", 1)]["gpuBinding"]["gpus"] == 2  # kubectl's BOUND-GPUS column
+    refused = requests.post(
+        f"{u}/v1/acquire", json=acquire_body(2, "e9", gpus=2, node="n1"), headers=hdr("tok-k2"), timeout=10
+    )
+    assert refused.status_code == 409
+    held = 0.3
+    time.sleep(held)  # not waiting for an event: GPU-seconds accrue only as time passes
+    requests.post(f"{u}/v1/release", json={"executionId": "e1"}, headers=hdr("tok-k1"), timeout=10)
+    lines = [rec.getMessage() for rec in caplog.records]
+    assert any(m.startswith("granted ns/k1 replica 1 on n0: GPU-n0-") and "(e1)" in m for m in lines), lines
+    assert any(
+        m.startswith("refused ns/k2 replica 1 on n1 for e9: 1 idle GPUs, 2 needed (Unavailable)") for m in lines
+    ), lines
+    assert any(m.startswith("released ns/k1 replica 1 on n0") and "GPU-seconds (e1)" in m for m in lines), lines
+    # The replica's durable total and the broker's metric both count 2 GPUs x the time held.
+    status = store.status[("ns/k1", 1)]
+    assert "gpuBinding" not in status and status["gpuSecondsBound"] >= 2 * held
+    metrics = requests.get(f"{u}/metrics", timeout=10).text
+    sample = next(x for x in metrics.splitlines() if x.startswith("notebookos_kernel_gpu_seconds_bound_total{"))
+    assert 'kernel="k1"' in sample and 'namespace="ns"' in sample and float(sample.split()[-1]) >= 2 * held
+
+
+def test_clearing_a_grant_adds_its_seconds_and_never_removes_a_newer_one() -> None:
+    import datetime as dt
+
+    from notebookos.extender.binding_store import cleared_status
+
+    since = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    binding = {"node": "n0", "devices": ["a", "b"], "gpus": 2, "executionId": "e1", "since": since.isoformat()}
+    status = {"gpuBinding": binding, "gpuSecondsBound": 1.5}
+    later = since + dt.timedelta(seconds=10)
+    assert cleared_status(status, "e1", later) == {"gpuBinding": None, "gpuSecondsBound": 21.5}
+    assert cleared_status(status, "e0", later) is None  # a newer grant's record stays
+    assert cleared_status({}, "e1", later) is None

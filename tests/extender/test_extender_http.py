@@ -171,6 +171,9 @@ def test_gpu_memory_requirement(server_thread) -> None:
 
     assert filt(str(40 * 2**30))["NodeNames"] == ["n0"]
     big = filt(str(100 * 2**30))
-    assert big["NodeNames"] == [] and "bytes of memory" in big["FailedNodes"]["n0"]
+    assert (
+        big["NodeNames"] == []
+        and big["FailedNodes"]["n0"] == "node's GPUs have 79.6 GiB of memory each, the kernel needs 100 GiB"
+    )
     bad = filt("40Gi")
     assert "is not a number of bytes" in bad["FailedAndUnresolvableNodes"]["n0"]

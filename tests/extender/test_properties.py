@@ -16,11 +16,10 @@ from notebookos.policy.placement import (
     NodeView,
     ReplicaRequest,
     SubscriptionRatio,
-    best_node,
     check_node,
+    filter_nodes,
     rank_key,
     rank_scores,
-    score_nodes,
     subscription,
     subscription_cap,
 )
@@ -31,13 +30,19 @@ kernels_st = st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_siz
 ratio_st = st.floats(min_value=1.0, max_value=7.0, allow_nan=False)
 
 
+def _best(views: list[NodeView], req: ReplicaRequest, ratio: float) -> NodeView | None:
+    """What the extender's filter then prioritize picks: the best-ranked feasible node."""
+    feasible, _ = filter_nodes(views, req, ratio)
+    return min(feasible, key=lambda n: rank_key(n, req.replicas), default=None)
+
+
 @given(nodes_st, kernels_st, ratio_st)
 def test_policy_placements_respect_cap_and_never_colocate_siblings(node_gpus, kernel_gpus, ratio) -> None:
     views = {f"n{i}": NodeView(f"n{i}", g) for i, g in enumerate(node_gpus)}
     for k, gpus in enumerate(kernel_gpus):
         req = ReplicaRequest(f"ns/k{k}", gpus)
         for _ in range(req.replicas):
-            node = best_node(views.values(), req, ratio)
+            node = _best(list(views.values()), req, ratio)
             if node is None:
                 # nothing feasible: every node has a reason
                 assert all(check_node(v, req, ratio) for v in views.values())
@@ -57,7 +62,7 @@ def test_policy_placements_respect_cap_and_never_colocate_siblings(node_gpus, ke
 )
 def test_scores_in_range_and_monotone(specs) -> None:
     views = [NodeView(f"n{i}", g, subscribed=s, bound=min(b, g)) for i, (g, b, s) in enumerate(specs)]
-    scores = score_nodes(views)
+    scores = rank_scores(views)
     assert all(0 <= s <= 10 for s in scores.values())
     for a in views:
         for b in views:
@@ -191,3 +196,12 @@ class LedgerMachine(RuleBasedStateMachine):
 
 TestLedger = LedgerMachine.TestCase
 TestLedger.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def test_memory_sizes_read_as_people_write_them() -> None:
+    from notebookos.policy.placement import format_bytes
+
+    assert format_bytes(85520809984) == "79.6 GiB"  # an H100's 81559 MiB, as the issue saw it in bytes
+    assert format_bytes(40 << 30) == "40 GiB"
+    assert format_bytes(512 << 20) == "512 MiB"
+    assert format_bytes(100) == "100 bytes"

@@ -5,29 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 from notebookos.kernel.local import LocalKernel, run, text_of, wait_serving
-
-
-@pytest.fixture
-def kernel(tmp_path: Any) -> Iterator[LocalKernel]:
-    k = LocalKernel(tmp_path).start()
-    try:
-        yield k
-    finally:
-        k.stop()
-
-
-def value(kc: Any, expr: str, target: int | None = None, timeout: float = 60) -> str:
-    reply, out = run(kc, expr, timeout=timeout, metadata={"notebookos_target": target} if target else None)
-    assert reply["content"]["status"] == "ok", reply["content"]
-    if target:
-        assert reply["metadata"]["notebookos"]["replica"] == target
-    return text_of(out).strip()
+from tests.kernel.cells import value
 
 
 def test_kill_a_replica_between_cells_then_restart_it(kernel: LocalKernel) -> None:
@@ -159,5 +140,41 @@ def test_kill_a_standby_during_a_cell(kernel: LocalKernel) -> None:
         assert result["reply"]["content"]["status"] == "ok"
         assert text_of(result["out"]) == "done\n"
         assert value(kc, "total + 1", target=2) == "6", "the surviving standby has the cell's state"
+    finally:
+        kc.stop_channels()
+
+
+def test_router_repointed_live_when_a_replica_moves_its_jupyter_ports(kernel: LocalKernel) -> None:
+    """Router continuity: a replica comes back at new Jupyter and Raft ports; told so on its
+    control channel, the router re-points its sockets in place and the same client connection
+    keeps running cells there (the re-pointing used to close sockets its loops were awaiting,
+    which stopped that replica's heartbeats for good)."""
+    kc = kernel.client()
+    try:
+        run(kc, "moved = 'state before the move'")
+        wait_serving(kc, 3)
+        kernel.move_replica(3, jupyter=True)
+        content = {
+            "replica": 3,
+            "jupyter": f"127.0.0.1:{kernel.jupyter_ports[3]}",
+            "raft": f"127.0.0.1:{kernel.raft_ports[3]}",
+        }
+        msg = kc.session.msg("notebookos_update_peer_request", content)
+        kc.control_channel.send(msg)
+        end = time.monotonic() + 60
+        while True:
+            reply = kc.get_control_msg(timeout=max(0.1, end - time.monotonic()))
+            if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+                break
+        assert reply["content"]["status"] == "ok", reply["content"]
+        wait_serving(kc, 3, timeout=90)
+        assert value(kc, "moved", target=3) == "'state before the move'"
+        assert value(kc, "moved = 'after'\nmoved", target=3) == "'after'"
+        assert value(kc, "moved", target=1) == "'after'"
+        assert "re-pointed" in kernel.log("router")
+        # Still one healthy kernel: the router answers heartbeats, every replica serves.
+        assert kc.is_alive()
+        for rid in (1, 2, 3):
+            wait_serving(kc, rid)
     finally:
         kc.stop_channels()

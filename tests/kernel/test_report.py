@@ -117,6 +117,14 @@ def test_overload_sets_event_and_condition_then_clears_it(api: FakeApi) -> None:
     )
 
 
+def test_a_new_router_clears_what_its_predecessor_left(api: FakeApi) -> None:
+    """A router made anew while a cell waited: nobody else would set GPUUnavailable back."""
+    KubeReporter(pykube.HTTPClient(pykube.KubeConfig.from_url(api.url)), "ns", "nb1").overloaded("full")
+    assert api.condition("GPUUnavailable")["status"] == "True"
+    KubeReporter(pykube.HTTPClient(pykube.KubeConfig.from_url(api.url)), "ns", "nb1").served()
+    assert api.condition("GPUUnavailable")["status"] == "False"
+
+
 def test_unreachable_api_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
     rep = KubeReporter(pykube.HTTPClient(pykube.KubeConfig.from_url("http://127.0.0.1:9"), timeout=1), "ns", "nb1")
     rep.overloaded("overloaded")

@@ -12,10 +12,10 @@ import pytest
 
 from notebookos.kernel.broker import BrokerError, Granted, HttpBroker, Refused
 from notebookos.kernel.config import ConfigError, ReplicaConfig, RouterConfig
-from notebookos.kernel.local import TOKEN, BrokerServer
 from notebookos.kernel.raftlog import FAILED, KernelState, Snapshot
 from notebookos.kernel.statesync import StateNotReplicatedError, StateTracker, Unreplicated
 from notebookos.kernel.store import ObjectStore
+from tests.kernel.broker_server import TOKEN, BrokerServer
 
 BASE = {
     "NOTEBOOKOS_KERNEL": "k",
@@ -62,8 +62,6 @@ def apply(state: KernelState, method: str, *args: Any) -> Any:
 
 def test_state_machine_first_decision_wins_and_all_yield_fails() -> None:
     st = KernelState(3, lambda: None)
-    assert apply(st, "decide", "e1", 2) == 2
-    assert apply(st, "decide", "e1", 3) == 2, "a later proposal cannot change a decision"
     assert apply(st, "propose", "e2", 1, False) is None
     assert apply(st, "propose", "e2", 3, True) == 3
     assert apply(st, "propose", "e2", 2, True) == 3, "the first committed LEAD wins"
@@ -73,11 +71,37 @@ def test_state_machine_first_decision_wins_and_all_yield_fails() -> None:
     assert apply(st, "close", "e4") == FAILED
 
 
+def test_a_failed_election_keeps_every_replicas_reason_and_a_won_one_none() -> None:
+    st = KernelState(3, lambda: None)
+    for rid in (1, 2, 3):
+        apply(st, "propose", "full", rid, False, f"node n{rid}: 0 idle GPUs, 1 needed")
+    assert st.refusals["full"] == {r: f"node n{r}: 0 idle GPUs, 1 needed" for r in (1, 2, 3)}
+    apply(st, "propose", "won", 1, False, "node n1: 0 idle GPUs, 1 needed")
+    apply(st, "propose", "won", 2, True)
+    assert "won" not in st.refusals, "a cell that ran keeps no refusals"
+
+
 def test_state_machine_abort_beats_a_late_commit() -> None:
     st = KernelState(3, lambda: None)
+    apply(st, "hello", 2, "boot-a")
     assert apply(st, "abort", "e1") == "aborted"
-    assert apply(st, "commit", "e1", 2, 5, "x = 1", None, ["x"], []) == "aborted"
-    assert st.exec_count == 0 and "x" not in st.vars
+    assert apply(st, "commit", "e1", 2, "boot-a", 5, "x = 1", None, ["x"], []) == "aborted"
+    assert "x" not in st.vars
+    assert st.exec_count == 1, "the lost cell keeps its number, as an error does in ipykernel"
+
+
+def test_state_machine_a_new_process_aborts_the_cells_of_its_predecessor() -> None:
+    st = KernelState(3, lambda: None)
+    apply(st, "hello", 1, "old")
+    assert apply(st, "started", "e1", 1, "old") is None
+    apply(st, "hello", 1, "new")
+    assert st.done["e1"] == "aborted", "the process running e1 is gone"
+    assert apply(st, "commit", "e1", 1, "old", 1, "x = 1", None, ["x"], []) == "aborted"
+    # The new process's own cell is not affected; a late entry of the old one aborts its cell.
+    assert apply(st, "started", "e2", 1, "new") is None
+    assert apply(st, "started", "e3", 1, "old") == "aborted"
+    assert apply(st, "commit", "e2", 1, "new", 2, "y = 1", None, [], []) == "ok"
+    assert st.done["e2"] == "ok" and not st.running
 
 
 class Shell:
@@ -102,7 +126,8 @@ def cell(tracker: StateTracker, sh: Shell, st: KernelState, code: str, replica: 
         cell=n,
         replica=replica,
     )
-    apply(st, "commit", f"e{n}", replica, n, code, cs.blob, cs.changed, cs.deleted)
+    apply(st, "hello", replica, f"boot-{replica}")
+    apply(st, "commit", f"e{n}", replica, f"boot-{replica}", n, code, cs.blob, cs.changed, cs.deleted)
 
 
 def snap(st: KernelState) -> Snapshot:
@@ -174,3 +199,84 @@ def test_http_broker_client(tmp_path: Path) -> None:
         server.close()
     with pytest.raises(BrokerError, match="unreachable"):
         HttpBroker(server.url, str(tmp_path / "token"), timeout=1).release("e1")
+
+
+def test_an_aborted_cell_is_undone_in_place_changes_included(tmp_path: Path) -> None:
+    """The executor ran a cell whose commit the others aborted: every trace of it goes, objects
+    changed in place (list, dict, numpy array, an instance's attribute) included."""
+    store = ObjectStore(f"file://{tmp_path}")
+    tr, st, sh = StateTracker(store, 1024, "k"), KernelState(3, lambda: None), Shell()
+    setup = (
+        "import numpy as np\nclass C:\n    pass\nobj = C()\nobj.v = 1\nlog = [1]\nd = {'a': 1}\n"
+        "arr = np.zeros(3)\nbig = np.zeros(1000)\nn = 1"
+    )
+    cell(tr, sh, st, setup)
+    before = tr.before_cell(sh.ns, sh.hidden)
+    code = "log.append(2)\nd['b'] = 2\narr[0] = 5\nbig[1] = 7\nobj.v = 2\nn += 1\nnew = 'x'"
+    exec(code, sh.ns)
+    cs = tr.capture(
+        code=code, before=before, ns=sh.ns, hidden=sh.hidden, seq=st.blob_seq + 1, exec_id="e2", cell=2, replica=1
+    )
+    assert apply(st, "abort", "e2") == "aborted"
+    assert apply(st, "commit", "e2", 1, "boot-1", 2, code, cs.blob, cs.changed, cs.deleted) == "aborted"
+    tr.revert(st.snapshot(), sh.ns, sh.hidden)
+    ns = sh.ns
+    assert ns["log"] == [1] and ns["d"] == {"a": 1} and ns["n"] == 1 and ns["obj"].v == 1
+    assert ns["arr"].tolist() == [0, 0, 0] and float(ns["big"].sum()) == 0.0
+    assert "new" not in ns
+    # The next cell commits from the committed state, not the aborted one.
+    cell(tr, sh, st, "log.append(3)")
+    other, sh2 = StateTracker(store, 1024, "k"), Shell()
+    other.apply(st.snapshot(), sh2.ns)
+    assert sh2.ns["log"] == [1, 3] and sh2.ns["d"] == {"a": 1}
+
+
+def test_local_kernel_port_blocks_never_overlap(tmp_path: Path) -> None:
+    """Each process of a LocalKernel gets its own ports (they used to be drawn separately)."""
+    from notebookos.kernel.local import LocalKernel
+
+    for i in range(400):
+        k = LocalKernel(tmp_path / str(i))
+        ports = [k.router_port + j for j in range(5)]
+        for b in k.jupyter_ports.values():
+            ports += [b + j for j in range(5)]
+        ports += list(k.raft_ports.values())
+        assert len(ports) == len(set(ports)) == 23, f"kernel {i} reuses a port: {sorted(ports)}"
+
+
+def test_executor_lost_rule() -> None:
+    from notebookos.policy.failover import StandbyView, executor_lost
+
+    def lost(**kw: Any) -> str | None:
+        base: dict[str, Any] = {
+            "now": 100.0,
+            "waiting_since": 90.0,
+            "replaced_since": None,
+            "disconnected_since": None,
+            "ever_connected": True,
+        }
+        return executor_lost(StandbyView(**{**base, **kw}), lost_after=1.5, restart_grace=3.0)
+
+    assert lost() is None, "reachable and not replaced: it runs the cell"
+    assert lost(disconnected_since=99.0) is None, "unreachable for a moment only"
+    assert lost(disconnected_since=98.0) == "disconnected"
+    # A standby that never reached the executor (it is itself starting) gives it longer.
+    assert lost(disconnected_since=98.0, ever_connected=False) is None
+    assert lost(disconnected_since=92.0, ever_connected=False) == "disconnected"
+    assert lost(disconnected_since=99.9, waiting_since=99.9, ever_connected=False) is None
+    # A new process of the executor gets a grace to say it runs the cell.
+    assert lost(replaced_since=98.0) is None
+    assert lost(replaced_since=96.0) == "replaced"
+
+
+def test_an_executor_that_says_hello_then_starts_the_cell_is_not_replaced() -> None:
+    """The first cell of a kernel can reach a standby before the executor's hello is in its log:
+    the hello then changes the executor's boot, and `started` follows. That is no replacement
+    (it once aborted a running cell 3 s later, with every replica alive)."""
+    from notebookos.policy.failover import replaced_since
+
+    t = replaced_since(None, 10.0, boot_changed=True, started=False)
+    assert t == 10.0, "a new boot that has not started the cell"
+    assert replaced_since(t, 11.0, boot_changed=True, started=False) == 10.0, "keeps its first sighting"
+    assert replaced_since(t, 11.1, boot_changed=True, started=True) is None, "started: not replaced"
+    assert replaced_since(None, 12.0, boot_changed=False, started=False) is None

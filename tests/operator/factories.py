@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from notebookos import labels
 from notebookos.api import KernelReplica, NotebookKernel
 from notebookos.operator import builders
 from notebookos.operator.config import OperatorConfig
@@ -65,7 +66,7 @@ def pod_obj(
 
 @pytest.fixture
 def cfg() -> OperatorConfig:
-    return OperatorConfig()
+    return OperatorConfig(runner=labels.RUNNER_VALUE)
 
 
 @pytest.fixture

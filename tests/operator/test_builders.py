@@ -134,11 +134,9 @@ def test_replica_env_contract(cfg: OperatorConfig) -> None:
             }
         )
     )
-    env = builders.replica_env(k, 2, 5, cfg)
+    env = builders.replica_env(k, 2, cfg)
     last = {e["name"]: e for e in env}  # the kubelet keeps the last of duplicate names
     assert last["NOTEBOOKOS_REPLICA_ID"]["value"] == "2"
-    assert last["NOTEBOOKOS_INCARNATION"]["value"] == "5"
-    assert last["NOTEBOOKOS_REPLICA_COUNT"]["value"] == "3"
     assert last["A"]["value"] == "1"
     assert last["NOTEBOOKOS_KERNEL"]["value"] == "k"
     assert last["NOTEBOOKOS_GPUS"]["value"] == "2"
@@ -149,7 +147,6 @@ def test_replica_env_contract(cfg: OperatorConfig) -> None:
     assert last["NOTEBOOKOS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "k-key", "key": "key"}
     # Not optional: the kubelet holds the container until the membership is complete.
     assert last["NOTEBOOKOS_PEERS"]["valueFrom"]["configMapKeyRef"] == {"name": "k-peers", "key": "peers"}
-    assert last["NOTEBOOKOS_PEERS_CONFIGMAP"]["value"] == "k-peers"
     # The replica binds its pod IP: $(POD_IP) is expanded by the kubelet, so POD_IP comes first.
     names = [e["name"] for e in env]
     assert last["NOTEBOOKOS_RAFT_BIND"]["value"] == "$(POD_IP):7000"
@@ -160,10 +157,11 @@ def test_replica_env_contract(cfg: OperatorConfig) -> None:
     assert last["NOTEBOOKOS_STORE_URL"]["value"] == "s3://b/p"
     assert last["NOTEBOOKOS_STORE_THRESHOLD"]["value"] == "10"
     assert "NOTEBOOKOS_BROKER_URL" not in last  # none configured: the kernel image then runs CPU-only
-    with_broker = builders.replica_env(k, 2, 5, OperatorConfig(broker_url="http://b:1"))
+    with_broker = builders.replica_env(k, 2, OperatorConfig(broker_url="http://b:1"))
     broker_env = {e["name"]: e for e in with_broker}
     assert broker_env["NOTEBOOKOS_BROKER_URL"]["value"] == "http://b:1"
-    assert broker_env["NOTEBOOKOS_BROKER_TOKEN_FILE"]["value"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    # The token's folder is named once; the broker token and the status reports both come from it.
+    assert broker_env["NOTEBOOKOS_SERVICE_ACCOUNT_DIR"]["value"] == "/var/run/secrets/kubernetes.io/serviceaccount"
     # The key itself is never in a manifest.
     assert all("value" not in e or len(e["value"]) < 64 for e in env)
 
@@ -175,7 +173,7 @@ def test_replica_env_is_what_the_kernel_image_reads(cfg: OperatorConfig) -> None
     k = NotebookKernel.model_validate(kernel_obj(spec={"resources": {"gpus": 0}}))
     values = {"POD_IP": "10.1.0.2", "NOTEBOOKOS_NODE": "n2", "NOTEBOOKOS_NAMESPACE": "ns", "POD_NAME": "k-2-i1"}
     values |= {"NOTEBOOKOS_KEY": "s3cret", "NOTEBOOKOS_PEERS": "1=10.1.0.1:7000,2=10.1.0.2:7000,3=10.1.0.3:7000"}
-    for e in builders.replica_env(k, 2, 1, cfg):
+    for e in builders.replica_env(k, 2, cfg):
         if "value" in e:
             values[e["name"]] = e["value"].replace("$(POD_IP)", values["POD_IP"])
     rc = ReplicaConfig.from_env(values)
@@ -205,7 +203,8 @@ def test_replica_pod(cfg: OperatorConfig) -> None:
     assert meta["labels"][labels.REPLICA_ID_LABEL] == "3"
     assert meta["labels"][naming.INCARNATION_LABEL] == "2"
     assert meta["labels"][labels.RUNNER_LABEL] == labels.RUNNER_VALUE
-    assert meta["annotations"] == {labels.REPLICA_GPUS_ANNOTATION: "4"}
+    # Idle, a standby is safe to evict (it moves); the operator marks it while it executes.
+    assert meta["annotations"] == {labels.REPLICA_GPUS_ANNOTATION: "4", labels.CA_SAFE_TO_EVICT: "true"}
     assert meta["ownerReferences"][0]["kind"] == "KernelReplica" and meta["ownerReferences"][0]["uid"] == "uid-k-3"
     assert spec["schedulerName"] == labels.SCHEDULER_NAME
     assert spec["restartPolicy"] == "Never"
@@ -301,8 +300,11 @@ def test_kernel_identity_is_limited_to_its_own_objects(kernel: NotebookKernel, o
     assert rules[("", "configmaps")]["resourceNames"] == ["k-peers"] and rules[("", "configmaps")]["verbs"] == ["get"]
     assert rules[("notebookos.io", "kernelreplicas/status")]["resourceNames"] == ["k-1", "k-2", "k-3"]
     assert rules[("notebookos.io", "notebookkernels/status")]["resourceNames"] == ["k"]
-    assert all(r.get("resourceNames") for r in role["rules"])  # nothing namespace-wide
-    assert not any({"create", "delete", "list", "update"} & set(r["verbs"]) for r in role["rules"])
+    # Nothing namespace-wide but creating Events (the router's Overloaded Event).
+    assert rules[("", "events")] == {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}
+    named = [r for r in role["rules"] if r["resources"] != ["events"]]
+    assert all(r.get("resourceNames") for r in named)
+    assert not any({"create", "delete", "list", "update"} & set(r["verbs"]) for r in named)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "k-kernel"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "k-kernel", "namespace": "ns"}]
 
@@ -324,3 +326,44 @@ def test_replica_annotations_carry_gpu_memory_in_bytes() -> None:
         "notebookos.io/gpus": "1",
         "notebookos.io/gpu-memory": str(40 * 2**30),
     }
+
+
+def test_kernel_pods_use_the_token_their_environment_names(
+    cfg: OperatorConfig, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pod's env names the service-account folder once; a runtime that mounts it elsewhere (the
+    # test bed's runner) rewrites that value, and both the broker token and the status reports follow.
+    from notebookos.kernel.config import BrokerConfig
+    from notebookos.kernel.report import KubeReporter, LogReporter, reporter_from_env
+
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    for name, text in {"token": "t1", "namespace": "ns", "ca.crt": ""}.items():
+        (sa / name).write_text(text)
+    k = NotebookKernel.model_validate(kernel_obj(spec={"resources": {"gpus": 1}}))
+    env = {e["name"]: e["value"] for e in builders.replica_env(k, 1, OperatorConfig(broker_url="http://b:1"))
+           if "value" in e}  # fmt: skip
+    env = {n: v.replace(builders.SERVICE_ACCOUNT_DIR, str(sa)) for n, v in env.items()} | {"NOTEBOOKOS_NAMESPACE": "ns"}
+    assert BrokerConfig.from_env(env).token_file == str(sa / "token")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
+    rep = reporter_from_env("k", env)
+    assert isinstance(rep, KubeReporter)
+    first = rep.api
+    assert first.config.user["token"] == "t1" and first.url == "https://10.0.0.1:6443"
+    assert rep.api is first  # same token, same client
+    (sa / "token").write_text("t2")  # the kubelet rotated it
+    assert rep.api.config.user["token"] == "t2"
+    # Without the folder the reporter says why and logs only; it never fails the pod.
+    assert isinstance(
+        reporter_from_env("k", env | {"NOTEBOOKOS_SERVICE_ACCOUNT_DIR": str(tmp_path / "none")}), LogReporter
+    )
+
+
+def test_an_executing_replica_is_not_disrupted_an_idle_one_may_be() -> None:
+    assert builders.disruption_annotations(True) == {
+        labels.KARPENTER_DO_NOT_DISRUPT: "true",
+        labels.CA_SAFE_TO_EVICT: "false",
+    }
+    idle = builders.disruption_annotations(False)
+    assert idle == {labels.KARPENTER_DO_NOT_DISRUPT: None, labels.CA_SAFE_TO_EVICT: "true"}, "None removes the key"

@@ -19,7 +19,8 @@ def test_defaults() -> None:
     cfg = OperatorConfig.from_env({})
     assert cfg.scheduler_name == labels.SCHEDULER_NAME
     assert cfg.node_selector == {labels.GPU_POOL_LABEL: labels.GPU_POOL_VALUE}
-    assert cfg.runner == labels.RUNNER_VALUE
+    assert cfg.runner == ""  # the test-bed runner's label is opt-in, never a production default
+    assert cfg.resync_seconds == 60
     assert cfg.kernel_service_account == "" and cfg.broker_url == ""
 
 
@@ -138,3 +139,20 @@ def test_handlers_register_no_finalizer_needing_handlers() -> None:
     assert registry._changing._handlers == []  # type: ignore[attr-defined]
     ids = {h.id for h in registry._watching._handlers}  # type: ignore[attr-defined]
     assert {"kernel_event", "replica_event", "pod_event", "node_event"} <= ids
+
+
+def test_resync_seconds_from_env_and_bounds() -> None:
+    assert OperatorConfig.from_env({"NOTEBOOKOS_RESYNC_SECONDS": "5"}).resync_seconds == 5
+    with pytest.raises(ConfigError, match=r"NOTEBOOKOS_RESYNC_SECONDS: 0 is outside 1\.\.3600"):
+        OperatorConfig.from_env({"NOTEBOOKOS_RESYNC_SECONDS": "0"})
+
+
+def test_resync_timers_cover_kernels_and_replicas() -> None:
+    from notebookos.operator.handlers import resync
+
+    registry = kopf.OperatorRegistry()
+    resync.register(30, registry=registry)
+    timers = {h.selector.any_name: h for h in registry._spawning.get_all_handlers()}
+    assert set(timers) == {"notebookkernels", "kernelreplicas"}
+    for h in timers.values():
+        assert (h.interval, h.idle, h.backoff) == (30, 30, 10.0)

@@ -182,9 +182,13 @@ def test_replica_events() -> None:
     reasons = [e.reason for e in st.replica_events(old, new, None)]
     assert reasons == ["Scheduled", "ReplicaReady"]
     # A replacement is reported once, from the incarnation, with the cause when known.
-    replaced = new.model_copy(update={"incarnation": 2, "pod_name": "k-1-i2"})
-    events = st.replica_events(new, replaced, "its pod was deleted")
-    assert events[0] == st.Event("Warning", "ReplicaReplaced", "its pod was deleted; replaced by pod k-1-i2")
+    replaced = new.model_copy(update={"incarnation": 2, "pod_name": "k-1-i2", "node_name": "n3"})
+    events = st.replica_events(new, replaced, "its pod was deleted", "k-1")
+    want = st.Event("Warning", "ReplicaReplaced", "replica k-1: its pod was deleted; replaced by pod k-1-i2 on node n3")
+    assert events[0] == want
+    # The same Event goes to the kernel, where `kubectl describe nbk` shows which replica and why.
+    assert st.replacement_event("k-1", new, replaced, "its pod was deleted") == want
+    assert st.replacement_event("k-1", replaced, replaced, None) is None
     assert st.replica_events(replaced, replaced, None) == []
     unsched = st.replica_status(
         replica_model(), pod_obj("p", phase="Pending", node=None, ip=None, scheduled=UNSCHEDULABLE), 1, T0
@@ -267,7 +271,9 @@ def test_kernel_degraded_after_losing_a_replica_then_no_quorum() -> None:
     assert d.status == ConditionStatus.TRUE and d.reason == "ReplicaLost" and "a majority remains" in d.message
     assert s.replacements == 1
     events = st.kernel_events(k.status, s)
-    assert [(e.type, e.reason) for e in events] == [("Warning", "ReplicaReplaced"), ("Warning", "Degraded")]
+    # The replacement itself is reported by the replica's reconcile, naming it (test_replica_events).
+    assert [(e.type, e.reason) for e in events] == [("Warning", "Degraded")]
+    assert s.ready == "2/3"
     s2 = compute(k, [ready_replica(1), lost, KernelReplica.model_validate(replica_obj(rid=2))])
     assert cond(s2.conditions, "Degraded").reason == "NoQuorum"
 
@@ -367,3 +373,15 @@ def test_backoff_without_a_finish_time_uses_the_pods_last_condition_change() -> 
     assert st.replacement_backoff(pod, 1, T0 + timedelta(seconds=9)) == 0.0  # over: it ends
     bare = failed_pod("p", 1, T0, None)
     assert st.replacement_backoff(bare, 1, T0 + timedelta(seconds=6)) == 0.0
+
+
+def test_kernel_sums_the_gpu_seconds_its_replicas_were_bound() -> None:
+    k = NotebookKernel.model_validate(kernel_obj())
+    reps = [ready_replica(i) for i in (1, 2, 3)]
+    reps[0].status.gpu_seconds_bound, reps[2].status.gpu_seconds_bound = 2.5, 3.0
+    s = compute(k, reps)
+    assert s.gpu_seconds_bound == 5.5 and s.ready == "3/3"
+    # A replica object made anew starts again at 0: the kernel's total does not go back.
+    k2 = k.model_copy(update={"status": s})
+    reps[2].status.gpu_seconds_bound = 0
+    assert compute(k2, reps).gpu_seconds_bound == 5.5
