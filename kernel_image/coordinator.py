@@ -35,7 +35,7 @@ from notebookos.kernel.contract import error as _error
 from notebookos.kernel.raftlog import FAILED, BlobRef, KernelRaft, RaftError
 from notebookos.kernel.report import LogReporter, reporter_from_env
 from notebookos.kernel.statesync import StateTracker
-from notebookos.kernel.store import ObjectStore
+from notebookos.kernel.store import ObjectStore, PendingWrite
 from notebookos.policy.failover import StandbyView, executor_lost, replaced_since
 
 # The replica's log: its lines read as they did before the protocol left the kernel class.
@@ -69,6 +69,8 @@ class Runtime:
         self.broker = broker if broker is not None else broker_from_config(cfg.broker)
         self.store = ObjectStore(cfg.store_url)
         self.tracker = StateTracker(self.store, cfg.threshold, cfg.kernel)
+        self.tracker.give_up = self._writer_gone
+        self._unreachable_since: dict[int, float] = {}
         self.changed: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.raft = KernelRaft(cfg.replica_id, cfg.peers, cfg.raft_bind, cfg.data_dir / "raft", self._on_change)
@@ -76,6 +78,19 @@ class Runtime:
         self.reporter = reporter_from_env(cfg.kernel)
         if not isinstance(self.reporter, LogReporter):
             threading.Thread(target=self._report_loop, name="notebookos-status", daemon=True).start()
+
+    def _writer_gone(self, replica: int) -> str | None:
+        """Why an object replica ``replica`` has not written yet never will be (None: wait on).
+        Called from the loading thread while it waits for the object."""
+        if replica == self.cfg.replica_id:
+            return None if self.tracker.uploading() else f"replica {replica} restarted before saving it"
+        if self.raft.connected(replica):
+            self._unreachable_since.pop(replica, None)
+            return None
+        since = self._unreachable_since.setdefault(replica, time.monotonic())
+        if time.monotonic() - since > self.cfg.executor_lost_timeout:
+            return f"replica {replica} has been unreachable for {time.monotonic() - since:.0f} s"
+        return None
 
     def _report_loop(self) -> None:
         """The replica's own status fields (Raft view, heartbeat), every STATUS_PERIOD seconds."""
@@ -145,7 +160,9 @@ class Coordinator:
             if snap.version == self.nb.tracker.applied_version:
                 return []
             try:
-                names = self.nb.tracker.apply(snap, self.shell.user_ns)
+                # In a thread: loading may wait for large values still being saved, and the
+                # replica must keep answering meanwhile.
+                names = await asyncio.to_thread(self.nb.tracker.apply, snap, self.shell.user_ns)
             except Exception:
                 log.exception("applying replicated state failed")
                 return []
@@ -284,6 +301,7 @@ class Coordinator:
         """Run the cell (``run``, the shell's do_execute) holding its GPUs, then commit it; returns
         the reply's content (the cell's own, or an error if its GPUs or its commit failed)."""
         ns = self.shell.user_ns
+        await asyncio.to_thread(self.nb.tracker.flush)  # the last cell's values may still be being saved
         ex.before = self.nb.tracker.before_cell(ns, self.shell.user_ns_hidden)
         ran = await self.acquire(ex)
         if not ran:
@@ -322,6 +340,7 @@ class Coordinator:
             cell = shell.execution_count - 1
             blob: BlobRef | None
             blob, changed, deleted = None, [], []
+            pending: list[PendingWrite] = []
             if ran:
                 try:
                     cs = self.nb.tracker.capture(
@@ -334,7 +353,7 @@ class Coordinator:
                         cell=cell,
                         replica=cfg.replica_id,
                     )
-                    blob, changed, deleted = cs.blob, cs.changed, cs.deleted
+                    blob, changed, deleted, pending = cs.blob, cs.changed, cs.deleted, cs.pending
                 except Exception:
                     log.exception("capturing the state of %s", ex.exec_id)
             args = (ex.exec_id, cfg.replica_id, self.nb.boot_id, cell, code, blob, changed, deleted)
@@ -344,7 +363,9 @@ class Coordinator:
                 # The commit may still land: an abort settles which came first, and is the truth.
                 log.exception("committing the state of %s failed; aborting it", ex.exec_id)
                 outcome = str(await self.commit("abort", ex.exec_id, deadline=24 * 3600.0))
-            if outcome != c.OK:
+            if outcome == c.OK:
+                self.nb.tracker.upload(pending)
+            else:
                 log.error("execution %s was aborted by the other replicas; undoing it", ex.exec_id)
                 self.revert()
             self.nb.tracker.applied_version = -1

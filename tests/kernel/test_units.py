@@ -112,7 +112,9 @@ class Shell:
         self.hidden: dict[str, Any] = {}
 
 
-def cell(tracker: StateTracker, sh: Shell, st: KernelState, code: str, replica: int = 1) -> None:
+def cell(tracker: StateTracker, sh: Shell, st: KernelState, code: str, replica: int = 1, save: bool = True) -> Any:
+    """Run `code` as the executor does and commit it; its large values are saved (in the
+    background, as after a real commit) and, unless `save` is False, waited for."""
     before = tracker.before_cell(sh.ns, sh.hidden)
     exec(code, sh.ns)
     n = st.exec_count + 1
@@ -128,6 +130,10 @@ def cell(tracker: StateTracker, sh: Shell, st: KernelState, code: str, replica: 
     )
     apply(st, "hello", replica, f"boot-{replica}")
     apply(st, "commit", f"e{n}", replica, f"boot-{replica}", n, code, cs.blob, cs.changed, cs.deleted)
+    if save:
+        tracker.upload(cs.pending)
+        tracker.flush()
+    return cs
 
 
 def snap(st: KernelState) -> Snapshot:
