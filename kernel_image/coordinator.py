@@ -34,8 +34,8 @@ from notebookos.kernel.contract import EXECUTOR_LOST, OVERLOADED
 from notebookos.kernel.contract import error as _error
 from notebookos.kernel.raftlog import FAILED, BlobRef, KernelRaft, RaftError
 from notebookos.kernel.report import LogReporter, reporter_from_env
-from notebookos.kernel.statesync import StateTracker
-from notebookos.kernel.store import ObjectStore, PendingWrite
+from notebookos.kernel.statesync import CellState, StateTracker
+from notebookos.kernel.store import ObjectStore
 from notebookos.policy.failover import StandbyView, executor_lost, replaced_since
 
 # The replica's log: its lines read as they did before the protocol left the kernel class.
@@ -162,7 +162,10 @@ class Coordinator:
             try:
                 # In a thread: loading may wait for large values still being saved, and the
                 # replica must keep answering meanwhile.
-                names = await asyncio.to_thread(self.nb.tracker.apply, snap, self.shell.user_ns)
+                if self.nb.tracker.needs_load(snap):
+                    names = await asyncio.to_thread(self.nb.tracker.apply, snap, self.shell.user_ns)
+                else:
+                    names = self.nb.tracker.apply(snap, self.shell.user_ns)
             except Exception:
                 log.exception("applying replicated state failed")
                 return []
@@ -301,7 +304,9 @@ class Coordinator:
         """Run the cell (``run``, the shell's do_execute) holding its GPUs, then commit it; returns
         the reply's content (the cell's own, or an error if its GPUs or its commit failed)."""
         ns = self.shell.user_ns
-        await asyncio.to_thread(self.nb.tracker.flush)  # the last cell's values may still be being saved
+        if self.nb.tracker.uploading():  # the last cell's values may still be being saved
+            await asyncio.to_thread(self.nb.tracker.flush)
+        self.nb.tracker.flush()
         ex.before = self.nb.tracker.before_cell(ns, self.shell.user_ns_hidden)
         ran = await self.acquire(ex)
         if not ran:
@@ -340,7 +345,7 @@ class Coordinator:
             cell = shell.execution_count - 1
             blob: BlobRef | None
             blob, changed, deleted = None, [], []
-            pending: list[PendingWrite] = []
+            cs: CellState | None = None
             if ran:
                 try:
                     cs = self.nb.tracker.capture(
@@ -353,7 +358,7 @@ class Coordinator:
                         cell=cell,
                         replica=cfg.replica_id,
                     )
-                    blob, changed, deleted, pending = cs.blob, cs.changed, cs.deleted, cs.pending
+                    blob, changed, deleted = cs.blob, cs.changed, cs.deleted
                 except Exception:
                     log.exception("capturing the state of %s", ex.exec_id)
             args = (ex.exec_id, cfg.replica_id, self.nb.boot_id, cell, code, blob, changed, deleted)
@@ -363,8 +368,8 @@ class Coordinator:
                 # The commit may still land: an abort settles which came first, and is the truth.
                 log.exception("committing the state of %s failed; aborting it", ex.exec_id)
                 outcome = str(await self.commit("abort", ex.exec_id, deadline=24 * 3600.0))
-            if outcome == c.OK:
-                self.nb.tracker.upload(pending)
+            if outcome == c.OK and cs is not None:
+                self.nb.tracker.committed(cs)
             else:
                 log.error("execution %s was aborted by the other replicas; undoing it", ex.exec_id)
                 self.revert()

@@ -283,6 +283,7 @@ class CellState:
     stored_bytes: int
     log_bytes: int
     pending: list[PendingWrite] = field(default_factory=list)  # large values to write once committed
+    fresh: dict[str, Any] = field(default_factory=dict)  # the values to fingerprint once committed
 
 
 class StateTracker:
@@ -372,31 +373,43 @@ class StateTracker:
             self._deps[seq] = deps
             for name in changed:
                 self.assigned[name] = seq
-                fp = _fingerprint(values[name])
-                if fp is not None:
-                    self.fingerprints[name] = (id(values[name]), fp)
-                else:
-                    self.fingerprints.pop(name, None)
+                self.fingerprints.pop(name, None)  # taken once committed, off the reply's path
         for name in deleted:
             self.assigned.pop(name, None)
             self.fingerprints.pop(name, None)
         log_bytes = len(data) if blob and blob.data else 0
-        return CellState(blob, changed, deleted, sorted(bad), cap.stored_bytes, log_bytes, cap.pending)
+        fresh = {n: values[n] for n in changed}
+        return CellState(blob, changed, deleted, sorted(bad), cap.stored_bytes, log_bytes, cap.pending, fresh)
 
-    def upload(self, pending: list[PendingWrite]) -> None:
-        """Write a committed cell's large values in the background: the cell's reply waits only
-        for the commit of its small state; standbys wait for each object as they load it."""
-        for p in pending:
+    def committed(self, cs: CellState) -> None:
+        """After the cell's commit, in the background: write its large values (the reply waits
+        only for the commit of the small state; standbys wait for each object as they load it),
+        then fingerprint its new values (for the next cell's change detection)."""
+        for p in cs.pending:
             self._uploads.append(self._writer.submit(_write, p))
+        if cs.fresh:
+            self._uploads.append(self._writer.submit(self._remember, cs.fresh))
+
+    def _remember(self, values: Mapping[str, Any]) -> None:
+        for name, value in values.items():
+            fp = _fingerprint(value)
+            if fp is not None:
+                self.fingerprints[name] = (id(value), fp)
 
     def flush(self) -> None:
-        """Wait until this replica's uploads are written: the next cell may change the values in
-        place, and their buffers are being written from the values' own memory."""
+        """Wait until the background work of the last commit is done: the next cell may change
+        the values in place, and their buffers are being written from the values' own memory."""
         while self._uploads:
             self._uploads.pop(0).result()
 
     def uploading(self) -> bool:
         return any(not f.done() for f in self._uploads)
+
+    def needs_load(self, snap: Snapshot) -> bool:
+        """Whether bringing the namespace to `snap` loads any value (else `apply` is instant)."""
+        if any(self.assigned.get(n) != seq for n, seq in snap.vars.items()):
+            return True
+        return any(n not in snap.vars for n in self.assigned)
 
     def _close_over_sharing(self, changed: list[str], after: Mapping[str, Any]) -> list[str]:
         """An unchanged global may hold the changed objects: the same object under another name,

@@ -19,7 +19,8 @@ from tests.kernel.test_units import Shell, cell, snap
 
 def _pair(url: str) -> tuple[StateTracker, StateTracker, KernelState, Shell, Shell]:
     store = ObjectStore(url)
-    return StateTracker(store, 1024, "k"), StateTracker(store, 1024, "k"), KernelState(3, lambda: None), Shell(), Shell()
+    a, b = StateTracker(store, 1024, "k"), StateTracker(store, 1024, "k")
+    return a, b, KernelState(3, lambda: None), Shell(), Shell()
 
 
 def _apply_in_thread(tr: StateTracker, st: KernelState, sh: Shell) -> threading.Thread:
@@ -37,7 +38,7 @@ def test_a_large_value_is_saved_after_the_commit_and_a_standby_waits_for_it(tmp_
     b.give_up = lambda replica: waiting.set()  # type: ignore[func-returns-value]
     loader = _apply_in_thread(b, st, sh_b)
     assert waiting.wait(30), "the standby waits for the object"
-    a.upload(cs.pending)
+    a.committed(cs)
     a.flush()
     loader.join(30)
     assert not loader.is_alive()
@@ -60,7 +61,9 @@ def test_a_value_lost_with_its_executor_before_it_was_saved_names_itself_and_not
     assert sh_c.ns["ok"] == 1 and float(sh_c.ns["big"].sum()) == 0.0
 
 
-def test_a_failed_save_stops_the_standbys_waiting_with_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_save_stops_the_standbys_waiting_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     a, b, st, sh_a, sh_b = _pair(f"file://{tmp_path}")
     cs = cell(a, sh_a, st, "import numpy as np\nbig = np.ones(100_000)", save=False)
 
@@ -68,10 +71,10 @@ def test_a_failed_save_stops_the_standbys_waiting_with_its_reason(tmp_path: Path
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(a.store.fs, "mv", full)
-    a.upload(cs.pending)
+    a.committed(cs)
     a.flush()  # the failure is logged and left for the readers, not raised into the next cell
     b.apply(snap(st), sh_b.ns)
-    with pytest.raises(StateNotReplicatedError, match="saving it failed: OSError: .*No space left on device"):
+    with pytest.raises(StateNotReplicatedError, match=r"saving it failed: OSError: .*No space left on device"):
         len(sh_b.ns["big"])
 
 
@@ -102,7 +105,10 @@ def test_a_remote_store_reads_each_buffer_into_its_own(tmp_path: Path) -> None:
     [
         (lambda: np.arange(10_000, dtype=np.float64), lambda v: v.__setitem__(5000, -1.0)),
         (lambda: bytearray(b"x" * 10_000), lambda v: v.__setitem__(9999, 0)),
-        (lambda: pd.DataFrame({"x": np.arange(5000), "y": np.ones(5000)}), lambda v: v.iloc.__setitem__((4999, 1), 7.0)),
+        (
+            lambda: pd.DataFrame({"x": np.arange(5000), "y": np.ones(5000)}),
+            lambda v: v.iloc.__setitem__((4999, 1), 7.0),
+        ),
         (lambda: pd.Series(np.arange(5000.0), index=np.arange(5000) * 2), lambda v: v.iloc.__setitem__(0, 9.0)),
     ],
     ids=["numpy", "bytearray", "frame", "series"],

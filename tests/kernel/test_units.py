@@ -131,7 +131,7 @@ def cell(tracker: StateTracker, sh: Shell, st: KernelState, code: str, replica: 
     apply(st, "hello", replica, f"boot-{replica}")
     apply(st, "commit", f"e{n}", replica, f"boot-{replica}", n, code, cs.blob, cs.changed, cs.deleted)
     if save:
-        tracker.upload(cs.pending)
+        tracker.committed(cs)
         tracker.flush()
     return cs
 
