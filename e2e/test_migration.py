@@ -4,16 +4,18 @@ router is re-pointed live and the cell runs there; the same connection goes on s
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from e2e.testbed.cluster import Cluster
 from e2e.testbed.notebook import apply_kernel, client_for, condition, kernel_obj, replicas_of, set_gpu_health
 from e2e.testbed.stack import Stack
-from e2e.testbed.wait import until
+from e2e.testbed.wait import first_seen, until
 from notebookos import labels
 from notebookos.kernel.local import run
 
@@ -200,13 +202,16 @@ def test_the_operator_killed_mid_move_finishes_it_with_no_duplicate_pod_and_no_l
             set_gpu_health(cluster, node, False)
         msg_id = kc.execute("kept.append(4)")
 
-        def marked() -> int | None:
-            for r in replicas_of(cluster, namespace, name):
-                if labels.MIGRATE_TO_ANNOTATION in (r["metadata"].get("annotations") or {}):
-                    return int(r["spec"]["replicaId"])
-            return None
+        def marked(r: dict[str, Any]) -> int | None:
+            moving = labels.MIGRATE_TO_ANNOTATION in (r["metadata"].get("annotations") or {})
+            return int(r["spec"]["replicaId"]) if moving else None
 
-        rid = until(marked, 120, "the operator to start a move")
+        replicas = functools.partial(
+            client.CustomObjectsApi(cluster.api()).list_namespaced_custom_object,
+            "notebookos.io", "v1alpha1", namespace, "kernelreplicas", label_selector=f"{labels.KERNEL_LABEL}={name}",
+        )  # fmt: skip
+        # Watched, not polled: the whole move can take less than a poll interval.
+        rid = first_seen(replicas, marked, 120, "the operator to start a move")
         cluster.stop("operator", grace=0)  # killed mid-move
         stack.start_operator()
         reply = kc.get_shell_msg(timeout=240)
