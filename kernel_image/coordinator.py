@@ -59,6 +59,7 @@ class Execution:
     before: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     waited: float = 0.0  # seconds the router held the cell waiting for GPUs before it came here
+    to_save: CellState | None = None  # committed; its large values are written once the reply is out
 
 
 class Runtime:
@@ -368,8 +369,8 @@ class Coordinator:
                 # The commit may still land: an abort settles which came first, and is the truth.
                 log.exception("committing the state of %s failed; aborting it", ex.exec_id)
                 outcome = str(await self.commit("abort", ex.exec_id, deadline=24 * 3600.0))
-            if outcome == c.OK and cs is not None:
-                self.nb.tracker.committed(cs)
+            if outcome == c.OK:
+                ex.to_save = cs
             else:
                 log.error("execution %s was aborted by the other replicas; undoing it", ex.exec_id)
                 self.revert()
@@ -384,6 +385,13 @@ class Coordinator:
             outcome,
         )
         return outcome
+
+    def after_reply(self, ex: Execution) -> None:
+        """The executor's reply is out: write the cell's large values now, in the background.
+        Started earlier, writing 1 GB competes with the reply it follows on a small node."""
+        if ex.to_save is not None:
+            self.nb.tracker.committed(ex.to_save)
+            ex.to_save = None
 
     def revert(self) -> None:
         """Back to the committed state: every value reloaded from the log, so objects the aborted

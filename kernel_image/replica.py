@@ -146,6 +146,7 @@ class ReplicaKernel(IPythonKernel):
             await super().execute_request(stream, ident, parent)  # runs do_execute, which commits, then replies
         finally:
             self._nb_exec = None
+            self.coord.after_reply(ex)
             if not started.done():
                 started.cancel()
 

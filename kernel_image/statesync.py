@@ -16,8 +16,10 @@ import ast
 import functools
 import io
 import logging
+import os
 import pickle
 import re
+import threading
 import types
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -299,7 +301,7 @@ class StateTracker:
         self.fingerprints: dict[str, tuple[int, bytes]] = {}
         self.applied_version = -1
         self._deps: dict[int, tuple[int, ...]] = {}  # blob seq -> blobs it references
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="nbos-upload")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="nbos-upload", initializer=_background_priority)
         self._uploads: list[Future[None]] = []
         # Why to stop waiting for an object replica N has not written yet (None: keep waiting).
         self.give_up: Callable[[int], str | None] = lambda replica: None
@@ -524,6 +526,15 @@ class StateTracker:
                 objs[name] = Unreplicated(name, blob.cell, blob.replica, object.__getattribute__(value, "_nbos_error"))
         self.loaded[seq] = objs
         return objs
+
+
+def _background_priority() -> None:
+    """The upload thread yields the CPU to the kernel's own work (the next reply, the next cell):
+    on a small node, writing 1 GB at full priority delays the reply it follows."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except OSError:
+        pass
 
 
 def _write(p: PendingWrite) -> None:
