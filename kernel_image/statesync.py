@@ -139,7 +139,7 @@ def _digest(*parts: Any) -> bytes:
 
 
 def _fingerprint(value: Any) -> bytes | None:
-    """Change detection for big flat values, at memory speed (xxh3 reads ~20 GB/s on one core);
+    """Change detection for big flat values, at memory speed (xxh3: about 6 GB/s on one core here, 7x blake2b);
     None means "assume changed"."""
     if type(value) is Unreplicated:
         return None
