@@ -57,13 +57,15 @@ class Kube:
         else:
             self.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[kind], name, body)
 
-    def replace_status(self, obj: Obj) -> Obj:
-        """PUT the status subresource; the body's resourceVersion makes it a compare-and-swap."""
+    def patch_status(self, obj: Obj, status: dict[str, Any]) -> Obj:
+        """Merge-patch these status fields (None removes one) of the object as read: its
+        resourceVersion makes the write a compare-and-swap, and fields not named stay as they are."""
         meta = obj["metadata"]
+        body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
         try:
             return dict(
-                self.custom.replace_namespaced_custom_object_status(
-                    GROUP, VERSION, meta["namespace"], PLURALS[obj["kind"]], meta["name"], obj
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, meta["namespace"], PLURALS[obj["kind"]], meta["name"], body
                 )
             )
         except ApiException as exc:

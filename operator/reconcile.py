@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from notebookos import labels
-from notebookos.api import ConditionStatus, ConditionType, KernelReplica, NotebookKernel, ReplicaPhase
+from notebookos.api import ConditionStatus, ConditionType, KernelReplica, NotebookKernel, ReplicaPhase, owners
 from notebookos.policy.placement import DEFAULT_MAX_SUBSCRIPTION_RATIO
 
 from . import builders, capacity, migration, naming, router_control, scaling
@@ -80,11 +80,14 @@ class Reconciler:
             log.warning("gave up on %s after %d conflicting writes; the next event retries", key, ATTEMPTS)
 
     def _write_status(self, obj: Obj, old: Any, new: Any, events: list[st.Event]) -> bool:
-        """Write `new` if it differs from `old` and post `events` on the written object; whether it wrote."""
-        if new.to_wire() == old.to_wire():
+        """Write the operator's fields of `new` that differ from `old` (owners.py: other writers'
+        fields, and fields this version does not know, are never sent) and post `events` on the
+        written object; whether it wrote."""
+        stored = obj.get("status") or {}
+        patch = owners.status_patch(obj["kind"], owners.OPERATOR, old.to_wire(), new.to_wire(), stored)
+        if not patch:
             return False
-        body = {**obj, "status": new.to_wire()}
-        written = self.kube.replace_status(body)
+        written = self.kube.patch_status(obj, patch)
         for event in events:
             self.post(written, event)
         return True
