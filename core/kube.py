@@ -15,7 +15,7 @@ from .kubeclient import api_client
 
 __all__ = ["api_client", "default_namespace", "kernel_connection", "read_kernel"]
 
-PLURAL = "notebookkernels"
+PLURAL = NotebookKernel.crd_plural
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 

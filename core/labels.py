@@ -51,3 +51,18 @@ CAPACITY_PRIORITY_CLASS = "notebookos-capacity-request"
 # e2e only: pods with this label on kwok nodes are started as local processes by the process runner.
 RUNNER_LABEL = f"{DOMAIN}/runner"
 RUNNER_VALUE = "process"
+
+
+# The five Jupyter channels, in the order of their ports: a kernel's (or a router's) ports are a
+# block starting at a base port.
+CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+
+
+def channel_ports(base: int) -> dict[str, int]:
+    return {name: base + i for i, name in enumerate(CHANNELS)}
+
+
+def replica_name(kernel: str, replica_id: int) -> str:
+    """The KernelReplica of a kernel's Raft member `replica_id` (the operator makes it, the
+    replica and the broker write its status)."""
+    return f"{kernel}-{replica_id}"

@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Jupyter channels in the order their ports follow a base port: base, base+1, ... base+4.
-CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 # Where the kubelet mounts the pod's service-account token, CA and namespace; a pod says otherwise
 # with NOTEBOOKOS_SERVICE_ACCOUNT_DIR (the test bed's process runner does: its pods have no mounts).
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -213,7 +211,3 @@ class RouterConfig:
             connection_file=Path(cf) if cf else None,
             gpu_wait=_float(env, "NOTEBOOKOS_GPU_WAIT_SECONDS", 300.0),
         )
-
-
-def channel_ports(base: int) -> dict[str, int]:
-    return {name: base + i for i, name in enumerate(CHANNELS)}

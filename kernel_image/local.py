@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from notebookos.kernel.config import CHANNELS
+from notebookos.labels import CHANNELS
 
 
 def free_port_block(n: int = 5, host: str = "127.0.0.1", avoid: set[int] | None = None) -> int:

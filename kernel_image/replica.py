@@ -35,9 +35,10 @@ from ipykernel.kernelapp import IPKernelApp
 from tornado.ioloop import PeriodicCallback
 
 from notebookos.kernel import contract as c
-from notebookos.kernel.config import ConfigError, ReplicaConfig, channel_ports
+from notebookos.kernel.config import ConfigError, ReplicaConfig
 from notebookos.kernel.coordinator import RESTART_GRACE, STATUS_PERIOD, Coordinator, Execution, Runtime
 from notebookos.kernel.raftlog import RaftError
+from notebookos.labels import channel_ports
 
 __all__ = ["RESTART_GRACE", "STATUS_PERIOD", "Execution", "ReplicaKernel", "Runtime", "kernel_class", "main"]
 

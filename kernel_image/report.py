@@ -17,11 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from notebookos.api.models import ConditionType
+from notebookos.api.models import API_VERSION, ConditionType, KernelReplica, NotebookKernel
 from notebookos.kernel.config import service_account_dir
+from notebookos.labels import replica_name
 
 log = logging.getLogger("notebookos.kernel.report")
-GROUP_VERSION = "notebookos.io/v1alpha1"
 CONDITION = ConditionType.GPU_UNAVAILABLE.value
 # What the operator is doing about an overload, shown to a waiting cell (its conditions' messages).
 PROGRESS = (ConditionType.MIGRATING.value, ConditionType.CAPACITY_REQUESTED.value)
@@ -124,17 +124,18 @@ class KubeReporter:
         when the last one finished (the operator's idle timeout reads it). Scalars only, so a
         merge patch cannot undo anyone else's change."""
         body = {"status": {"executor": f"{self.kernel}-{executor}", "cells": cells, "lastActivity": when}}
-        self._merge_status(f"notebookkernels/{self.kernel}", body)
+        self._merge_status(f"{NotebookKernel.crd_plural}/{self.kernel}", body)
 
     def replica(self, replica: int, raft: dict[str, Any]) -> None:
         """KernelReplica status fields the replica owns: its Raft view and a heartbeat."""
         body = {"status": {"raft": raft, "lastHeartbeat": now_rfc3339()}}
-        self._merge_status(f"kernelreplicas/{self.kernel}-{replica}", body)
+        self._merge_status(f"{KernelReplica.crd_plural}/{replica_name(self.kernel, replica)}", body)
 
     def _conditions(self) -> list[dict[str, Any]] | None:
         """The kernel's conditions as the API server has them; None if they cannot be read."""
         try:
-            r = self.api.get(url=f"notebookkernels/{self.kernel}", version=GROUP_VERSION, namespace=self.namespace)
+            url = f"{NotebookKernel.crd_plural}/{self.kernel}"
+            r = self.api.get(url=url, version=API_VERSION, namespace=self.namespace)
             r.raise_for_status()
             return list((r.json().get("status") or {}).get("conditions") or [])
         except Exception as e:
@@ -157,7 +158,7 @@ class KubeReporter:
         try:
             r = self.api.patch(
                 url=f"{url}/status",
-                version=GROUP_VERSION,
+                version=API_VERSION,
                 namespace=self.namespace,
                 json=body,
                 headers={"Content-Type": "application/merge-patch+json"},
@@ -173,7 +174,7 @@ class KubeReporter:
             "kind": "Event",
             "metadata": {"generateName": f"{self.kernel}-", "namespace": self.namespace},
             "involvedObject": {
-                "apiVersion": GROUP_VERSION,
+                "apiVersion": API_VERSION,
                 "kind": "NotebookKernel",
                 "name": self.kernel,
                 "namespace": self.namespace,
@@ -190,9 +191,9 @@ class KubeReporter:
         r.raise_for_status()
 
     def _condition(self, status: str, reason: str, message: str) -> None:
-        url = f"notebookkernels/{self.kernel}"
+        url = f"{NotebookKernel.crd_plural}/{self.kernel}"
         for _ in range(3):  # optimistic concurrency: the operator writes this status too
-            r = self.api.get(url=url, version=GROUP_VERSION, namespace=self.namespace)
+            r = self.api.get(url=url, version=API_VERSION, namespace=self.namespace)
             r.raise_for_status()
             obj = r.json()
             conds = [c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") != CONDITION]
@@ -215,7 +216,7 @@ class KubeReporter:
             }
             r = self.api.patch(
                 url=f"{url}/status",
-                version=GROUP_VERSION,
+                version=API_VERSION,
                 namespace=self.namespace,
                 json=patch,
                 headers={"Content-Type": "application/merge-patch+json"},

@@ -21,8 +21,9 @@ from jupyter_client.session import Session
 
 from notebookos.kernel import contract as c
 from notebookos.kernel.broker import BrokerClient, broker_from_config
-from notebookos.kernel.config import Address, RouterConfig, channel_ports
+from notebookos.kernel.config import Address, RouterConfig
 from notebookos.kernel.report import LogReporter, Reporter
+from notebookos.labels import channel_ports
 
 log = logging.getLogger("notebookos.kernel.router")
 DELIM = b"<IDS|MSG>"

@@ -15,7 +15,7 @@ from notebookos import labels
 from notebookos.api import API_VERSION, GROUP, KernelReplica, KernelReplicaSpec, KernelResources, NotebookKernel
 
 from . import naming
-from .config import CHANNELS, OperatorConfig
+from .config import OperatorConfig
 
 Manifest = dict[str, Any]
 
@@ -385,7 +385,7 @@ def replica_pod(
             {"name": "raft", "containerPort": cfg.raft_port, "protocol": "TCP"},
             *(
                 {"name": ch, "containerPort": p, "protocol": "TCP"}
-                for ch, p in _channel_ports(cfg.jupyter_port).items()
+                for ch, p in labels.channel_ports(cfg.jupyter_port).items()
             ),
         ],
         "resources": {
@@ -444,10 +444,6 @@ def _on_node(node: str) -> Manifest:
     return {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
 
 
-def _channel_ports(base: int) -> dict[str, int]:
-    return {ch: base + i for i, ch in enumerate(CHANNELS)}
-
-
 def router_pod(kernel: NotebookKernel, owner: Manifest, members: str, cfg: OperatorConfig) -> Manifest:
     """The kernel's router: speaks the Jupyter wire protocol to clients and fans out to replicas.
 
@@ -478,7 +474,7 @@ def router_pod(kernel: NotebookKernel, owner: Manifest, members: str, cfg: Opera
                     "env": router_env(kernel, members, cfg),
                     "ports": [
                         {"name": ch, "containerPort": p, "protocol": "TCP"}
-                        for ch, p in _channel_ports(cfg.router_port).items()
+                        for ch, p in labels.channel_ports(cfg.router_port).items()
                     ],
                     "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
                     "securityContext": _container_security(),
@@ -518,17 +514,27 @@ def kernel_role(kernel: NotebookKernel, owner: Manifest) -> Manifest:
                 "resourceNames": [naming.peers_configmap_name(kname)],
                 "verbs": ["get"],
             },
-            {"apiGroups": [GROUP], "resources": ["kernelreplicas"], "resourceNames": replicas, "verbs": ["get"]},
             {
                 "apiGroups": [GROUP],
-                "resources": ["kernelreplicas/status"],
+                "resources": [KernelReplica.crd_plural],
+                "resourceNames": replicas,
+                "verbs": ["get"],
+            },
+            {
+                "apiGroups": [GROUP],
+                "resources": [f"{KernelReplica.crd_plural}/status"],
                 "resourceNames": replicas,
                 "verbs": ["get", "patch"],
             },
-            {"apiGroups": [GROUP], "resources": ["notebookkernels"], "resourceNames": [kname], "verbs": ["get"]},
             {
                 "apiGroups": [GROUP],
-                "resources": ["notebookkernels/status"],
+                "resources": [NotebookKernel.crd_plural],
+                "resourceNames": [kname],
+                "verbs": ["get"],
+            },
+            {
+                "apiGroups": [GROUP],
+                "resources": [f"{NotebookKernel.crd_plural}/status"],
                 "resourceNames": [kname],
                 "verbs": ["get", "patch"],
             },

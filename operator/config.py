@@ -13,9 +13,6 @@ from notebookos import labels
 from notebookos.api import ConnectionPorts
 
 DEFAULT_IMAGE = "ghcr.io/notebookos/kernel:0.1.0"
-# The kernel image's processes use five consecutive ports from a base, in this order
-# (notebookos.kernel.config.CHANNELS).
-CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 
 
 class ConfigError(ValueError):
@@ -87,7 +84,7 @@ class OperatorConfig:
 
     @property
     def router_ports(self) -> ConnectionPorts:
-        return ConnectionPorts.model_validate({name: self.router_port + i for i, name in enumerate(CHANNELS)})
+        return ConnectionPorts.model_validate({name: self.router_port + i for i, name in enumerate(labels.CHANNELS)})
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -102,9 +99,9 @@ class OperatorConfig:
         if v := env.get("NOTEBOOKOS_RAFT_PORT"):
             kw["raft_port"] = _parse_int("NOTEBOOKOS_RAFT_PORT", v, 1, 65535)
         if v := env.get("NOTEBOOKOS_ROUTER_PORT"):
-            kw["router_port"] = _parse_int("NOTEBOOKOS_ROUTER_PORT", v, 1, 65535 - len(CHANNELS))
+            kw["router_port"] = _parse_int("NOTEBOOKOS_ROUTER_PORT", v, 1, 65535 - len(labels.CHANNELS))
         if v := env.get("NOTEBOOKOS_JUPYTER_PORT"):
-            kw["jupyter_port"] = _parse_int("NOTEBOOKOS_JUPYTER_PORT", v, 1, 65535 - len(CHANNELS))
+            kw["jupyter_port"] = _parse_int("NOTEBOOKOS_JUPYTER_PORT", v, 1, 65535 - len(labels.CHANNELS))
         if v := env.get("NOTEBOOKOS_NODE_SELECTOR"):
             kw["node_selector"] = {
                 labels.GPU_POOL_LABEL: labels.GPU_POOL_VALUE,

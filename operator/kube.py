@@ -8,10 +8,11 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from notebookos.api import GROUP, VERSION
+from notebookos.api.models import RESOURCES
 
 Obj = dict[str, Any]
 
-PLURALS = {"NotebookKernel": "notebookkernels", "KernelReplica": "kernelreplicas"}
+PLURALS = {r.__name__: r.crd_plural for r in RESOURCES}
 
 
 class Conflict(Exception):

@@ -60,8 +60,7 @@ def router_pod_name(kernel: str) -> str:
     return f"{kernel}-router"
 
 
-def replica_name(kernel: str, replica_id: int) -> str:
-    return f"{kernel}-{replica_id}"
+replica_name = labels.replica_name
 
 
 def replica_pod_name(kernel: str, replica_id: int, incarnation: int) -> str:

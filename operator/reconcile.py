@@ -23,7 +23,7 @@ from notebookos.policy.placement import DEFAULT_MAX_SUBSCRIPTION_RATIO
 from . import builders, capacity, migration, naming, router_control, scaling
 from . import status as st
 from .capacity import CapacityConfig
-from .config import CHANNELS, OperatorConfig
+from .config import OperatorConfig
 from .kube import Conflict, Kube, Obj
 from .metrics import KernelMetrics, KernelSample
 from .scale_in import ScaleIn, ScaleInConfig
@@ -341,7 +341,7 @@ class Reconciler:
         raw = ((secret or {}).get("data") or {}).get(naming.HMAC_SECRET_KEY)
         if not raw:
             return False
-        port = self.cfg.router_port + CHANNELS.index("control")
+        port = self.cfg.router_port + labels.CHANNELS.index("control")
         return router_control.update_peers(ip, port, base64.b64decode(raw), moved)
 
     def _router(self, kernel: NotebookKernel, owner: Obj, members: str | None) -> Obj | None:

@@ -13,8 +13,8 @@ from notebookos import labels
 @dataclass(frozen=True)
 class WatchTimeouts:
     # A watch that the server or a proxy silently drops stops delivering events without an error
-    # (kopf issues #204, #698, #1120). Bounded timeouts make kopf reconnect, and each reconnect lists
-    # every object again, which doubles as the operator's periodic resync.
+    # (kopf issues #204, #698, #1120). Bounded timeouts make kopf reconnect. A reconnect resumes
+    # from the last resourceVersion and lists nothing again: the resync is handlers/resync.py's.
     server: int = 120  # seconds; the API server wants an integer
     client: float = 150.0
     connect: float = 5.0

@@ -8,12 +8,12 @@ from typing import Any
 
 import kopf
 
-from notebookos.api import GROUP, VERSION
+from notebookos.api import GROUP, VERSION, KernelReplica, NotebookKernel
 
 from ..reconcile import Reconciler
 
 
-@kopf.on.event(GROUP, VERSION, "notebookkernels")
+@kopf.on.event(GROUP, VERSION, NotebookKernel.crd_plural)
 def kernel_event(type: str, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     if type == "DELETED":
         return
@@ -21,7 +21,7 @@ def kernel_event(type: str, name: str, namespace: str | None, memo: Any, **_: An
     reconciler.kernel(namespace or "", name)
 
 
-@kopf.on.event(GROUP, VERSION, "kernelreplicas")
+@kopf.on.event(GROUP, VERSION, KernelReplica.crd_plural)
 def replica_event(type: str, name: str, namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> None:
     reconciler: Reconciler = memo["reconciler"]
     namespace = namespace or ""

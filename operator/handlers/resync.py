@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from notebookos.api import GROUP, VERSION
+from notebookos.api import GROUP, VERSION, KernelReplica, NotebookKernel
 
 from ..reconcile import Reconciler
 
@@ -31,7 +31,7 @@ def replica_resync(name: str, namespace: str | None, memo: Any, **_: Any) -> Non
 def register(interval: float, registry: kopf.OperatorRegistry | None = None) -> None:
     # idle=interval: an object that keeps changing is reconciled by its events already.
     # backoff: a resync that raised is retried sooner than the next interval.
-    for plural, fn in (("notebookkernels", kernel_resync), ("kernelreplicas", replica_resync)):
+    for plural, fn in ((NotebookKernel.crd_plural, kernel_resync), (KernelReplica.crd_plural, replica_resync)):
         kopf.timer(
             GROUP, VERSION, plural, interval=interval, idle=interval, backoff=min(interval, 10.0), registry=registry
         )(fn)
