@@ -33,7 +33,7 @@ from notebookos.kernel.config import ReplicaConfig
 from notebookos.kernel.contract import EXECUTOR_LOST, OVERLOADED
 from notebookos.kernel.contract import error as _error
 from notebookos.kernel.raftlog import FAILED, BlobRef, KernelRaft, RaftError
-from notebookos.kernel.report import LogReporter, reporter_from_env
+from notebookos.kernel.report import LogReporter, ReplicaReport, reporter_from_env
 from notebookos.kernel.statesync import CellState, StateTracker
 from notebookos.kernel.store import ObjectStore
 from notebookos.policy.failover import StandbyView, executor_lost, replaced_since
@@ -94,14 +94,17 @@ class Runtime:
         return None
 
     def _report_loop(self) -> None:
-        """The replica's own status fields (Raft view, heartbeat), every STATUS_PERIOD seconds."""
+        """The replica's own status fields (Raft view, heartbeat): looked at every STATUS_PERIOD
+        seconds, written when the view changed or HEARTBEAT_PERIOD has passed (report.py)."""
+        report = ReplicaReport()
         while True:
             try:
                 st = self.raft.obj.getStatus()
                 leader = self.raft.leader()
                 role = "Leader" if leader == self.cfg.replica_id else "Follower" if leader else "Candidate"
                 raft = {"role": role, "term": int(st.get("raft_term", 0)), "commitIndex": int(st.get("commit_idx", 0))}
-                self.reporter.replica(self.cfg.replica_id, raft)
+                if report.due(raft, time.monotonic()) and self.reporter.replica(self.cfg.replica_id, raft):
+                    report.done(raft, time.monotonic())
             except Exception:
                 log.exception("reporting the replica's status")
             time.sleep(STATUS_PERIOD)

@@ -27,6 +27,27 @@ CONDITION = ConditionType.GPU_UNAVAILABLE.value
 PROGRESS = (ConditionType.MIGRATING.value, ConditionType.CAPACITY_REQUESTED.value)
 
 
+# A replica's status is written when its Raft view changes, else at most this often: a heartbeat
+# every few seconds from every replica of every kernel would be most of an idle cluster's API
+# writes (3,000 replicas every 10 s: 300 writes/s, each an event the operator reconciles).
+HEARTBEAT_PERIOD = 300.0
+
+
+class ReplicaReport:
+    """When a replica writes its own status fields (`raft`, `lastHeartbeat`)."""
+
+    def __init__(self, period: float = HEARTBEAT_PERIOD) -> None:
+        self.period = period
+        self.sent: dict[str, Any] | None = None
+        self.at = -float("inf")
+
+    def due(self, raft: dict[str, Any], now: float) -> bool:
+        return raft != self.sent or now - self.at >= self.period
+
+    def done(self, raft: dict[str, Any], now: float) -> None:
+        self.sent, self.at = dict(raft), now
+
+
 class Reporter(Protocol):
     def overloaded(self, message: str) -> None: ...
 
@@ -34,7 +55,7 @@ class Reporter(Protocol):
 
     def activity(self, executor: int, cells: int, when: str) -> None: ...
 
-    def replica(self, replica: int, raft: dict[str, Any]) -> None: ...
+    def replica(self, replica: int, raft: dict[str, Any]) -> bool: ...
 
     def progress(self) -> str | None: ...
 
@@ -51,8 +72,8 @@ class LogReporter:
     def activity(self, executor: int, cells: int, when: str) -> None:
         pass
 
-    def replica(self, replica: int, raft: dict[str, Any]) -> None:
-        pass
+    def replica(self, replica: int, raft: dict[str, Any]) -> bool:
+        return True
 
     def progress(self) -> str | None:
         return None
@@ -126,10 +147,11 @@ class KubeReporter:
         body = {"status": {"executor": f"{self.kernel}-{executor}", "cells": cells, "lastActivity": when}}
         self._merge_status(f"{NotebookKernel.crd_plural}/{self.kernel}", body)
 
-    def replica(self, replica: int, raft: dict[str, Any]) -> None:
-        """KernelReplica status fields the replica owns: its Raft view and a heartbeat."""
+    def replica(self, replica: int, raft: dict[str, Any]) -> bool:
+        """KernelReplica status fields the replica owns: its Raft view and a heartbeat; whether
+        they were written."""
         body = {"status": {"raft": raft, "lastHeartbeat": now_rfc3339()}}
-        self._merge_status(f"{KernelReplica.crd_plural}/{replica_name(self.kernel, replica)}", body)
+        return self._merge_status(f"{KernelReplica.crd_plural}/{replica_name(self.kernel, replica)}", body)
 
     def _conditions(self) -> list[dict[str, Any]] | None:
         """The kernel's conditions as the API server has them; None if they cannot be read."""
@@ -154,7 +176,7 @@ class KubeReporter:
         said = [str(c.get("message") or "") for c in conds if c.get("type") in PROGRESS and c.get("status") == "True"]
         return "; ".join(m for m in said if m) or None
 
-    def _merge_status(self, url: str, body: dict[str, Any]) -> None:
+    def _merge_status(self, url: str, body: dict[str, Any]) -> bool:
         try:
             r = self.api.patch(
                 url=f"{url}/status",
@@ -164,8 +186,10 @@ class KubeReporter:
                 headers={"Content-Type": "application/merge-patch+json"},
             )
             r.raise_for_status()
+            return True
         except Exception as e:
             log.warning("could not update the status of %s: %s", url, e)
+            return False
 
     def _event(self, reason: str, message: str) -> None:
         now = now_rfc3339()

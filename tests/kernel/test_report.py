@@ -140,3 +140,19 @@ def test_activity_and_replica_status(api: FakeApi) -> None:
     rep.replica(2, {"role": "Leader", "term": 3, "commitIndex": 40})
     assert api.replica_status["raft"] == {"role": "Leader", "term": 3, "commitIndex": 40}
     assert api.replica_status["lastHeartbeat"].endswith("Z")
+
+
+def test_a_replica_writes_its_status_on_a_change_or_rarely() -> None:
+    """An idle replica must not write every few seconds: at 3,000 replicas that is most of the
+    API server's writes, and each one is an event the operator reconciles."""
+    from notebookos.kernel.report import HEARTBEAT_PERIOD, ReplicaReport
+
+    report = ReplicaReport()
+    view = {"role": "Leader", "term": 3, "commitIndex": 40}
+    assert report.due(view, 0.0), "the first view is written"
+    report.done(view, 0.0)
+    assert not report.due(dict(view), 10.0) and not report.due(dict(view), HEARTBEAT_PERIOD - 1)
+    assert report.due({**view, "commitIndex": 41}, 20.0), "a cell committed"
+    assert report.due({**view, "role": "Follower"}, 20.0), "a new leader"
+    assert report.due(view, HEARTBEAT_PERIOD), "still a heartbeat, now and then"
+    assert HEARTBEAT_PERIOD / 3 >= 60, "3 replicas: at most one write per idle kernel per minute"
