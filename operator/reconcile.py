@@ -64,6 +64,11 @@ class Reconciler:
         self._guard = threading.Lock()
         self._locks: dict[Hashable, threading.Lock] = {}
         self._timers: dict[Hashable, threading.Timer] = {}
+        # A cache, not state: the kernels whose fixed children (Secret, Services, PDB, RBAC) this
+        # process has made or seen, with their router Service. Event-driven reconciles skip those
+        # reads (most of a kernel's reconciles come from its replicas' and pods' events); the resync
+        # timer's reconcile (verify) reads them all again, so a deleted child is made again.
+        self._made: dict[tuple[str, str], tuple[str, Obj]] = {}
 
     def _lock(self, key: Hashable) -> threading.Lock:
         with self._guard:
@@ -94,16 +99,18 @@ class Reconciler:
 
     # ------------------------------------------------------------------------------------------ kernel
 
-    def kernel(self, ns: str, name: str) -> None:
-        self._retrying(("kernel", ns, name), lambda: self._kernel_once(ns, name))
+    def kernel(self, ns: str, name: str, verify: bool = False) -> None:
+        """Reconcile a kernel; `verify` reads again what this process knows it made."""
+        self._retrying(("kernel", ns, name), lambda: self._kernel_once(ns, name, verify))
         # Cluster-wide, rate-limited: kernel reconciles (events and resync timers) drive it, so it
         # runs only in the operator that acts (kopf peering) and needs no handler of its own.
         self.scale_in.maybe_run()
 
-    def _kernel_once(self, ns: str, name: str) -> None:
+    def _kernel_once(self, ns: str, name: str, verify: bool) -> None:
         kube, cfg = self.kube, self.cfg
         obj = kube.get_custom("NotebookKernel", ns, name)
         if obj is None or _deleting(obj):
+            self._made.pop((ns, name), None)
             if self.metrics:
                 self.metrics.forget(ns, name)
             return  # children go with it through their ownerReferences
@@ -117,27 +124,14 @@ class Reconciler:
             self._write_status(obj, kernel.status, new, st.kernel_events(kernel.status, new))
             return
         owner = builders.owner_reference(obj)
-
-        if not kube.exists("Secret", ns, naming.secret_name(name)):
-            # Made once; a second create after a restart gets 409 and keeps the first key.
-            kube.create(builders.hmac_secret(kernel, owner, builders.new_hmac_key()))
-        service = kube.get("Service", ns, naming.service_name(name))
-        if service is None:
-            service = kube.create(builders.router_service(kernel, owner, cfg)) or kube.get(
-                "Service", ns, naming.service_name(name)
-            )
-        if not kube.exists("Service", ns, naming.headless_service_name(name)):
-            kube.create(builders.headless_service(kernel, owner, cfg))
-        if not kube.exists("PodDisruptionBudget", ns, naming.pdb_name(name)):
-            kube.create(builders.disruption_budget(kernel, owner))
-        if not cfg.kernel_service_account:
-            for manifest in (
-                builders.kernel_service_account(kernel, owner),
-                builders.kernel_role(kernel, owner),
-                builders.kernel_role_binding(kernel, owner),
-            ):
-                if not kube.exists(manifest["kind"], ns, manifest["metadata"]["name"]):
-                    kube.create(manifest)
+        uid = kernel.metadata.uid or ""
+        known = self._made.get((ns, name))
+        if known is not None and known[0] == uid and not verify:
+            service: Obj | None = known[1]
+        else:
+            service = self._children(kernel, owner)
+            if service is not None:
+                self._made[(ns, name)] = (uid, service)
 
         raw = [
             r
@@ -343,6 +337,33 @@ class Reconciler:
             return False
         port = self.cfg.router_port + labels.CHANNELS.index("control")
         return router_control.update_peers(ip, port, base64.b64decode(raw), moved)
+
+    def _children(self, kernel: NotebookKernel, owner: Obj) -> Obj | None:
+        """Make what a kernel has once (Secret, Services, PDB, its RBAC) where missing; returns
+        the router Service."""
+        kube, cfg = self.kube, self.cfg
+        ns, name = kernel.metadata.namespace or "", kernel.metadata.name or ""
+        if not kube.exists("Secret", ns, naming.secret_name(name)):
+            # Made once; a second create after a restart gets 409 and keeps the first key.
+            kube.create(builders.hmac_secret(kernel, owner, builders.new_hmac_key()))
+        service = kube.get("Service", ns, naming.service_name(name))
+        if service is None:
+            service = kube.create(builders.router_service(kernel, owner, cfg)) or kube.get(
+                "Service", ns, naming.service_name(name)
+            )
+        if not kube.exists("Service", ns, naming.headless_service_name(name)):
+            kube.create(builders.headless_service(kernel, owner, cfg))
+        if not kube.exists("PodDisruptionBudget", ns, naming.pdb_name(name)):
+            kube.create(builders.disruption_budget(kernel, owner))
+        if not cfg.kernel_service_account:
+            for manifest in (
+                builders.kernel_service_account(kernel, owner),
+                builders.kernel_role(kernel, owner),
+                builders.kernel_role_binding(kernel, owner),
+            ):
+                if not kube.exists(manifest["kind"], ns, manifest["metadata"]["name"]):
+                    kube.create(manifest)
+        return service
 
     def _router(self, kernel: NotebookKernel, owner: Obj, members: str | None) -> Obj | None:
         """The router pod, made once every replica has an address (`members`), and made again when

@@ -27,6 +27,9 @@ class Stack:
     operator_health: str = ""
     operator_metrics: str = ""
     extra_operator_env: dict[str, str] = field(default_factory=dict)
+    # False: pods stay kwok's (Running and Ready, no process behind them), as the scale benchmark
+    # wants for thousands of them; the operator then labels none for the process runner.
+    process_pods: bool = True
 
     def apply_crds(self) -> None:
         c = self.cluster
@@ -43,7 +46,8 @@ class Stack:
         from notebookos.operator.capacity import CapacityConfig, priority_class
 
         c.kubectl("apply", "-f", "-", input=json.dumps(priority_class(CapacityConfig())))
-        self.runner = ProcessRunner(c).start()
+        if self.process_pods:
+            self.runner = ProcessRunner(c).start()
         py = sys.executable
         port = free_port()
         self.extender_url = f"http://127.0.0.1:{port}"
@@ -109,7 +113,7 @@ class Stack:
                 f"--metrics-port={metrics_port}",
                 f"--scheduler-name={labels.SCHEDULER_NAME}",
                 f"--broker-url={self.broker_url}",
-                f"--runner={labels.RUNNER_VALUE}",
+                *([f"--runner={labels.RUNNER_VALUE}"] if self.process_pods else []),
             ],
             env=self.extra_operator_env,
             ready_url=self.operator_health,

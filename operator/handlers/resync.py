@@ -20,7 +20,7 @@ from ..reconcile import Reconciler
 
 def kernel_resync(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     reconciler: Reconciler = memo["reconciler"]
-    reconciler.kernel(namespace or "", name)
+    reconciler.kernel(namespace or "", name, verify=True)  # reads again what events take as made
 
 
 def replica_resync(name: str, namespace: str | None, memo: Any, **_: Any) -> None:

@@ -133,3 +133,27 @@ def test_every_status_field_has_one_writer(kind: str) -> None:
     model = {"NotebookKernel": NotebookKernelStatus, "KernelReplica": KernelReplicaStatus}[kind]
     wire = {f.alias or name for name, f in model.model_fields.items()}
     assert wire == set(owners.STATUS[kind]), wire ^ set(owners.STATUS[kind])
+
+
+def test_event_reconciles_skip_the_fixed_children_and_the_resync_makes_a_deleted_one_again(
+    cfg: OperatorConfig,
+) -> None:
+    class Counting(FakeKube):
+        reads = 0
+
+        def exists(self, kind: str, ns: str, name: str) -> bool:
+            Counting.reads += kind != "Node"
+            return super().exists(kind, ns, name)
+
+    kube = Counting()
+    kube.put(kernel_obj())
+    rec, _ = _reconciler(kube, cfg)
+    _bring_up(rec, kube)
+    Counting.reads = 0
+    rec.kernel(NS, "k")
+    assert Counting.reads == 0, "a kernel's events do not read its Secret, Services, PDB and RBAC again"
+    del kube.objects[("Secret", NS, "k-key")]
+    rec.kernel(NS, "k")
+    assert not kube.exists("Secret", NS, "k-key"), "until the resync"
+    rec.kernel(NS, "k", verify=True)
+    assert kube.exists("Secret", NS, "k-key"), "the resync reads them all and makes the missing one"
