@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from e2e.testbed.stack import Stack
 from e2e.testbed.wait import first_seen, until
 from notebookos import labels
 from notebookos.kernel.local import run
+from notebookos.operator import naming
 
 KERNEL = "mover"
 SLICE = "e2e.notebookos.io/pool"
@@ -124,13 +126,17 @@ def _moved_off(cluster: Cluster, ns: str, name: str, rid: int, node: str) -> dic
     return r if s.get("nodeName") not in (None, node) and s.get("phase") == "Ready" else None
 
 
-def _pods_on(cluster: Cluster, ns: str, node: str) -> list[str]:
-    pods = cluster.core().list_namespaced_pod(ns, field_selector=f"spec.nodeName={node}").items
-    return [p.metadata.name for p in pods if not p.metadata.deletion_timestamp]
+def _replica_pods_on(cluster: Cluster, ns: str, node: str) -> list[str]:
+    """The kernel's replica pods on `node`. Not its router: the operator moves replicas off a
+    draining node before a drain evicts them (they hold GPUs and Raft membership); the router
+    stays until the drain itself evicts it, and the operator then makes it again elsewhere."""
+    selector = f"{labels.COMPONENT_LABEL}={naming.COMPONENT_REPLICA}"
+    pods = cluster.core().list_namespaced_pod(ns, field_selector=f"spec.nodeName={node}", label_selector=selector)
+    return [p.metadata.name for p in pods.items if not p.metadata.deletion_timestamp]
 
 
 def test_a_drained_node_is_emptied_of_replicas_and_an_executing_one_finishes_its_cell_first(
-    cluster: Cluster, stack: Stack, namespace: str
+    cluster: Cluster, stack: Stack, namespace: str, tmp_path: Path
 ) -> None:
     name = "drained"
     apply_kernel(cluster, namespace, name)
@@ -145,7 +151,7 @@ def test_a_drained_node_is_emptied_of_replicas_and_an_executing_one_finishes_its
         cluster.kubectl("cordon", node)
         cordoned.append(node)
         until(lambda: _moved_off(cluster, namespace, name, 2, node), 120, f"replica 2 to leave {node}")
-        until(lambda: not _pods_on(cluster, namespace, node), 180, f"no pod of the kernel left on {node}")
+        until(lambda: not _replica_pods_on(cluster, namespace, node), 180, f"no replica pod left on {node}")
         r = kc.execute_interactive("total += 1", timeout=60)
         assert r["content"]["status"] == "ok", r["content"]
 
@@ -153,19 +159,24 @@ def test_a_drained_node_is_emptied_of_replicas_and_an_executing_one_finishes_its
         cluster.kubectl("uncordon", node)
         cordoned.remove(node)
         node1 = _nodes_of(cluster, namespace, name)[1]
-        content = {"code": "import time\ntime.sleep(8)\ntotal += 10", "silent": False, "store_history": True,
-                   "user_expressions": {}, "allow_stdin": False}  # fmt: skip
+        # The cell runs until the test has seen its mark and cordoned the node (a timed sleep would
+        # race the operator's reconcile under load).
+        release = tmp_path / "release"
+        code = f"import os, time\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.05)\ntotal += 10"
+        content = {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+                   "allow_stdin": False}  # fmt: skip
         msg = kc.session.msg("execute_request", content, metadata={"notebookos_target": 1})
         kc.shell_channel.send(msg)
         until(lambda: _binding(cluster, namespace, name, 1), 60, "replica 1 to hold its GPUs for the cell")
         pod = until(lambda: _pod_marked(cluster, namespace, node1), 30, "the executing pod's do-not-disrupt mark")
         cluster.kubectl("cordon", node1)
         cordoned.append(node1)
+        release.touch()
         reply = kc.get_shell_msg(timeout=120)
         assert reply["parent_header"]["msg_id"] == msg["header"]["msg_id"]
         assert reply["content"]["status"] == "ok", reply["content"]
         assert reply["metadata"]["notebookos"]["replica"] == 1, "the cell finished where it started"
-        assert pod in _pods_on(cluster, namespace, node1) or _moved_off(cluster, namespace, name, 1, node1)
+        assert pod in _replica_pods_on(cluster, namespace, node1) or _moved_off(cluster, namespace, name, 1, node1)
         until(lambda: _moved_off(cluster, namespace, name, 1, node1), 120, f"replica 1 to leave {node1} after its cell")
         r, out = run(kc, "print(total)", metadata={"notebookos_target": 1})
         assert r["content"]["status"] == "ok" and "".join(m["content"].get("text", "") for m in out) == "11\n"
