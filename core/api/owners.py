@@ -2,7 +2,8 @@
 
 Every writer sends a merge patch of its own fields only, so a field it does not know (another
 writer's, or one added by a newer version) is never dropped or overwritten. docs/operator.md
-("Status") shows this table; tests/test_api.py checks that it names every status field.
+("Status") shows this table; tests/operator/test_reconcile.py checks that it names every status
+field of the models.
 """
 
 from __future__ import annotations
@@ -50,10 +51,6 @@ STATUS: dict[str, dict[str, str]] = {"NotebookKernel": KERNEL_STATUS, "KernelRep
 
 # Condition types whose writer is not the operator (the rest are the operator's).
 CONDITIONS: dict[str, str] = {ConditionType.GPU_UNAVAILABLE.value: ROUTER}
-
-
-def condition_owner(type_: str) -> str:
-    return CONDITIONS.get(type_, OPERATOR)
 
 
 def status_patch(
