@@ -136,6 +136,7 @@ class ReplicaConfig:
     election_timeout: float
     executor_lost_timeout: float
     extra: dict[str, str] = field(default_factory=dict)
+    restore_url: str | None = None  # the checkpoint a woken kernel's replicas start from
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ReplicaConfig:
@@ -172,6 +173,7 @@ class ReplicaConfig:
             broker=broker,
             election_timeout=_float(env, "NOTEBOOKOS_ELECTION_TIMEOUT", 3.0),
             executor_lost_timeout=_float(env, "NOTEBOOKOS_EXECUTOR_LOST_TIMEOUT", 3.0),
+            restore_url=env.get("NOTEBOOKOS_RESTORE_URL", "").strip() or None,
         )
 
 

@@ -41,12 +41,18 @@ UPDATE_PEER_REQUEST = "notebookos_update_peer_request"
 UPDATE_PEER_REPLY = "notebookos_update_peer_reply"
 STATUS_REQUEST = "notebookos_status_request"
 STATUS_REPLY = "notebookos_status_reply"
+# hibernation (the operator asks the router, the router asks a replica): save the kernel's state
+# to {"store": <fsspec URL>}; the reply names the checkpoint: id, url, bytes, variables, cells
+CHECKPOINT_REQUEST = "notebookos_checkpoint_request"
+CHECKPOINT_REPLY = "notebookos_checkpoint_reply"
+BUSY = "a cell is running or waiting"  # why a checkpoint is refused now (the operator tries later)
 
 # error names a client sees
 OVERLOADED = "NotebookOSOverloaded"
 EXECUTOR_LOST = "NotebookOSExecutorLost"
 BAD_REQUEST = "NotebookOSBadRequest"
-ERRORS = (OVERLOADED, EXECUTOR_LOST, BAD_REQUEST)
+WAKE_FAILED = "NotebookOSWakeFailed"  # a hibernated kernel could not be brought back for the request
+ERRORS = (OVERLOADED, EXECUTOR_LOST, BAD_REQUEST, WAKE_FAILED)
 
 
 def error(ename: str, evalue: str) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from notebookos.kernel import checkpoint, gpu
 from notebookos.kernel import contract as c
-from notebookos.kernel import gpu
 from notebookos.kernel.broker import BrokerClient, Granted, Refused, broker_from_config
 from notebookos.kernel.config import ReplicaConfig
 from notebookos.kernel.contract import EXECUTOR_LOST, OVERLOADED
@@ -74,9 +74,20 @@ class Runtime:
         self._unreachable_since: dict[int, float] = {}
         self.changed: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.raft = KernelRaft(cfg.replica_id, cfg.peers, cfg.raft_bind, cfg.data_dir / "raft", self._on_change)
-        self.boot_id = uuid.uuid4().hex
         self.reporter = reporter_from_env(cfg.kernel)
+        saved = None
+        if cfg.restore_url:
+            try:
+                saved = checkpoint.read(cfg.restore_url, cfg.kernel)
+            except checkpoint.CheckpointError as e:
+                self.reporter.restore_failed(cfg.replica_id, str(e))
+                raise
+            log.info("restoring checkpoint %s: %d variables, %d cells", cfg.restore_url, len(saved["vars"]),
+                     saved["exec_count"])  # fmt: skip
+        self.raft = KernelRaft(
+            cfg.replica_id, cfg.peers, cfg.raft_bind, cfg.data_dir / "raft", self._on_change, restore=saved
+        )
+        self.boot_id = uuid.uuid4().hex
         if not isinstance(self.reporter, LogReporter):
             threading.Thread(target=self._report_loop, name="notebookos-status", daemon=True).start()
 

@@ -9,6 +9,7 @@ the referenced state into the namespace, so a large load never stalls Raft heart
 from __future__ import annotations
 
 import asyncio
+import copy
 import random
 import threading
 import time
@@ -277,6 +278,11 @@ class KernelState(SyncObjConsumer):
         self._bump()
 
     @replicated
+    def barrier(self) -> int:
+        """A no-op entry: once it is applied here, so is everything committed before it."""
+        return self.exec_count
+
+    @replicated
     def set_peer(self, replica: int, host: str, port: int) -> None:
         self.peers[replica] = (host, port)
         set_addresses({replica: Address(host, port)})
@@ -300,6 +306,28 @@ class KernelState(SyncObjConsumer):
                 time.sleep(0.001)
         return self.snapshot()
 
+    # What a checkpoint keeps: the state a new group of replicas starts from when the kernel wakes.
+    # Not the members' processes, addresses or elections in flight: those belong to the old pods.
+    CHECKPOINTED = ("vars", "blobs", "blob_seq", "exec_count", "last_executor", "history", "done", "decisions")
+
+    def export(self) -> dict[str, Any]:
+        for _ in range(100):
+            try:
+                return {k: copy.copy(getattr(self, k)) for k in self.CHECKPOINTED}
+            except RuntimeError:  # mutated by the Raft thread while copying
+                time.sleep(0.001)
+        return {k: copy.copy(getattr(self, k)) for k in self.CHECKPOINTED}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Start from a checkpoint, before the group starts. Every new member restores the same
+        one, so they agree; entries committed after the wake apply on top of it."""
+        missing = [k for k in self.CHECKPOINTED if k not in saved]
+        if missing:
+            raise ValueError(f"the checkpoint lacks {', '.join(missing)}")
+        for k in self.CHECKPOINTED:
+            setattr(self, k, saved[k])
+        self._bump()
+
     def outcome(self, exec_id: str | None) -> str | None:
         return self.done.get(exec_id) if exec_id else None
 
@@ -321,11 +349,14 @@ class KernelRaft:
         bind: Address,
         data_dir: Path,
         on_change: Callable[[], None],
+        restore: dict[str, Any] | None = None,
     ) -> None:
         set_addresses(peers)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.replica_id = replica_id
         self.state = KernelState(len(peers), on_change)
+        if restore is not None:
+            self.state.restore(restore)
         self.nodes = {rid: PeerNode(rid) for rid in peers}
         conf = SyncObjConf(
             bindAddress=str(bind),

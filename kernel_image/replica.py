@@ -34,7 +34,9 @@ from ipykernel.ipkernel import IPythonKernel
 from ipykernel.kernelapp import IPKernelApp
 from tornado.ioloop import PeriodicCallback
 
+from notebookos.kernel import checkpoint
 from notebookos.kernel import contract as c
+from notebookos.kernel.checkpoint import CheckpointError
 from notebookos.kernel.config import ConfigError, ReplicaConfig
 from notebookos.kernel.coordinator import RESTART_GRACE, STATUS_PERIOD, Coordinator, Execution, Runtime
 from notebookos.kernel.raftlog import RaftError
@@ -66,6 +68,7 @@ class ReplicaKernel(IPythonKernel):
         self._nb_recent: deque[dict[str, Any]] = deque(maxlen=RECENT_REPLIES)
         self.control_handlers[c.UPDATE_PEER_REQUEST] = self.nb_update_peer_request
         self.control_handlers[c.STATUS_REQUEST] = self.nb_status_request
+        self.control_handlers[c.CHECKPOINT_REQUEST] = self.nb_checkpoint_request
 
     @property
     def _sh(self) -> Any:
@@ -223,6 +226,23 @@ class ReplicaKernel(IPythonKernel):
             content = {"status": "error", "ename": type(e).__name__, "evalue": str(e), "traceback": []}
         self._sess.send(stream, c.UPDATE_PEER_REPLY, content, parent, ident=ident)
 
+    async def nb_checkpoint_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        """Save the kernel's state for hibernation (checkpoint.py). The router sends it only while
+        no cell runs; it is refused if one does."""
+        try:
+            if self._nb_exec is not None or self.coord.busy:
+                raise RuntimeError(c.BUSY)
+            await self.coord.commit("barrier", deadline=30.0)  # everything committed is applied here
+            content: dict[str, Any] = {"status": "ok", **(await asyncio.to_thread(self._nb_checkpoint))}
+        except Exception as e:
+            log.warning("checkpoint failed: %s", e)
+            content = {"status": "error", "ename": type(e).__name__, "evalue": str(e), "traceback": []}
+        self._sess.send(stream, c.CHECKPOINT_REPLY, content, parent, ident=ident)
+
+    def _nb_checkpoint(self) -> dict[str, Any]:
+        self.nb.tracker.flush()  # this replica's large values of its last cell are written
+        return checkpoint.write(self.nb.store, self.nb.cfg.kernel, self.nb.raft.state.export())
+
 
 def kernel_class(runtime: Runtime) -> type[ReplicaKernel]:
     """The kernel class IPKernelApp instantiates, bound to this process's runtime (no global)."""
@@ -262,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         runtime = Runtime(cfg)
+    except CheckpointError as e:
+        print(f"notebookos replica: cannot wake the kernel: {e}", file=sys.stderr)
+        return 3
     except RaftError as e:
         print(f"notebookos replica: {e}", file=sys.stderr)
         return 1

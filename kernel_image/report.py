@@ -59,6 +59,12 @@ class Reporter(Protocol):
 
     def progress(self) -> str | None: ...
 
+    def restore_failed(self, replica: int, message: str) -> None: ...
+
+    def wake(self, request: str) -> bool: ...
+
+    def kernel_object(self) -> dict[str, Any] | None: ...
+
 
 class LogReporter:
     """Outside a cluster: the JSON log line is the report."""
@@ -76,6 +82,15 @@ class LogReporter:
         return True
 
     def progress(self) -> str | None:
+        return None
+
+    def restore_failed(self, replica: int, message: str) -> None:
+        pass
+
+    def wake(self, request: str) -> bool:
+        return False  # no operator to wake the kernel
+
+    def kernel_object(self) -> dict[str, Any] | None:
         return None
 
 
@@ -153,16 +168,30 @@ class KubeReporter:
         body = {"status": {"raft": raft, "lastHeartbeat": now_rfc3339()}}
         return self._merge_status(f"{KernelReplica.crd_plural}/{replica_name(self.kernel, replica)}", body)
 
-    def _conditions(self) -> list[dict[str, Any]] | None:
-        """The kernel's conditions as the API server has them; None if they cannot be read."""
+    def restore_failed(self, replica: int, message: str) -> None:
+        """The replica's `restoreError`: the operator ends the wake with it at once."""
+        body = {"status": {"restoreError": message[:4096]}}
+        self._merge_status(f"{KernelReplica.crd_plural}/{replica_name(self.kernel, replica)}", body)
+
+    def wake(self, request: str) -> bool:
+        """The router's `wakeRequest` on its hibernated kernel ("<checkpoint id>/<request>")."""
+        return self._merge_status(f"{NotebookKernel.crd_plural}/{self.kernel}", {"status": {"wakeRequest": request}})
+
+    def kernel_object(self) -> dict[str, Any] | None:
+        """The kernel object as the API server has it; None if it cannot be read."""
         try:
             url = f"{NotebookKernel.crd_plural}/{self.kernel}"
             r = self.api.get(url=url, version=API_VERSION, namespace=self.namespace)
             r.raise_for_status()
-            return list((r.json().get("status") or {}).get("conditions") or [])
+            return dict(r.json())
         except Exception as e:
-            log.warning("could not read the status of %s: %s", self.kernel, e)
+            log.warning("could not read %s: %s", self.kernel, e)
             return None
+
+    def _conditions(self) -> list[dict[str, Any]] | None:
+        """The kernel's conditions as the API server has them; None if they cannot be read."""
+        obj = self.kernel_object()
+        return None if obj is None else list((obj.get("status") or {}).get("conditions") or [])
 
     def _gpu_unavailable(self) -> bool:
         conds = self._conditions()

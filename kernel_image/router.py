@@ -55,7 +55,26 @@ class Router(Executions, Membership):
                 self.queue.append((idents, msg))
                 self.queue_event.set()
                 continue
+            if self.asleep is not None or self.checkpointing is not None:
+                if msg["header"].get("msg_type") == "kernel_info_request" and self.kernel_info_cache is not None:
+                    # Front ends ask on every (re)connect: that alone does not wake the kernel.
+                    self.publish_status("busy", msg["header"])
+                    self.session.send(
+                        sock, "kernel_info_reply", self.kernel_info_cache, parent=msg["header"], ident=idents
+                    )
+                    self.publish_status("idle", msg["header"])
+                    continue
+                self._background(self._forward_awake(idents, msg, rest))
+                continue
             self._forward_one("shell", idents, msg, rest)
+
+    async def _forward_awake(self, idents: list[bytes], msg: dict[str, Any], rest: list[bytes]) -> None:
+        """A shell request to a hibernated kernel: wake it, then forward."""
+        why = await self.awake(None)
+        if why is None:
+            self._forward_one("shell", idents, msg, rest)
+        else:
+            self._reply_error("shell", idents, msg, c.WAKE_FAILED, f"the kernel could not be woken: {why}")
 
     def _forward_one(
         self, channel: str, idents: list[bytes], msg: dict[str, Any], rest: list[bytes], to: Replica | None = None
@@ -111,6 +130,10 @@ class Router(Executions, Membership):
             if why is not None:
                 log.warning("bad %s from a client: %s", mtype, why)
                 self._reply_error("control", idents, msg, c.BAD_REQUEST, why)
+            elif mtype == c.CHECKPOINT_REQUEST:
+                self._background(self.take_checkpoint(idents, msg))
+            elif mtype == "interrupt_request" and self.asleep is not None:
+                self.session.send(sock, "interrupt_reply", {"status": "ok"}, parent=msg["header"], ident=idents)
             elif mtype == "shutdown_request":
                 await self._shutdown(idents, msg, rest)
             elif mtype == "interrupt_request" and self.current is not None and self.current.waiting:
@@ -129,8 +152,9 @@ class Router(Executions, Membership):
     async def _shutdown(self, idents: list[bytes], msg: dict[str, Any], rest: list[bytes]) -> None:
         log.info("shutdown requested: stopping the replicas and the router")
         frames = self.session.serialize(msg)
-        # Every replica, also one still starting: retry until each confirmed, for a few seconds.
-        end = time.monotonic() + 5
+        # Every replica, also one still starting: retry until each confirmed, for a few seconds
+        # (none while hibernated: there are none).
+        end = time.monotonic() + (0 if self.asleep is not None else 5)
         sent: set[int] = set()
         while set(self.replicas) - self.shutdown_acks and time.monotonic() < end:
             for r in self.replicas.values():
@@ -163,7 +187,8 @@ class Router(Executions, Membership):
             frames = await sock.recv_multipart()
             # Answer only while a majority of the replicas lives (then the kernel can still commit),
             # and while the replicas first start, so a client does not take a starting kernel for dead.
-            if 2 * len(self._alive()) > len(self.replicas):
+            if self.asleep is not None or 2 * len(self._alive()) > len(self.replicas):
+                # A hibernated kernel is alive: it wakes on the next request.
                 self.majority_seen = True
                 await sock.send_multipart(frames)
             elif not self.majority_seen and time.monotonic() - self.started < STARTUP_GRACE:
@@ -194,6 +219,8 @@ class Router(Executions, Membership):
                 if cur is not None and cur.executor == r.rid:
                     self._send_raw(self.front["stdin"], cur.idents, rest)
                 continue
+            if msg["header"]["msg_type"] == "kernel_info_reply" and msg["content"].get("status") == "ok":
+                self.kernel_info_cache = msg["content"]
             req = self.requests.get(parent_id or "")
             log.debug("replica %d %s: %s for %s (%s)", r.rid, channel, msg["header"]["msg_type"], parent_id, req)
             if req is not None and req[2] == r.rid:

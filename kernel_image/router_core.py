@@ -167,6 +167,7 @@ class RouterCore:
         r.address = address
         r.last_pong = 0.0
         r.info = {}
+        r.node = None  # learnt again from its probe: the broker grants GPUs on the node it is on
 
     def _parse(self, frames: list[bytes], what: str) -> tuple[list[bytes], dict[str, Any], list[bytes]] | None:
         """Split identities, verify the signature, parse. None (logged) for anything bad."""
@@ -202,6 +203,12 @@ class RouterCore:
         self.session.send(
             self.front["iopub"], "status", {"execution_state": state}, parent=parent, ident=b"kernel.router.status"
         )
+
+    def _display(self, parent: dict[str, Any], display_id: str, text: str, update: bool) -> None:
+        """Output a front end renders in the cell, updated in place (one display id)."""
+        content = {"data": {"text/plain": text}, "metadata": {}, "transient": {"display_id": display_id}}
+        mtype = "update_display_data" if update else "display_data"
+        self.session.send(self.front["iopub"], mtype, content, parent=parent, ident=b"kernel.router.display")
 
     def publish_error(self, parent: dict[str, Any], content: dict[str, Any]) -> None:
         """NotebookOS errors as IOPub `error` messages too: front ends render IOPub, not replies."""

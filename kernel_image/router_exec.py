@@ -12,7 +12,8 @@ from notebookos.kernel import contract as c
 from notebookos.kernel.broker import Granted
 from notebookos.kernel.contract import EXECUTOR_LOST, reply_meta
 from notebookos.kernel.report import now_rfc3339
-from notebookos.kernel.router_core import Execution, RouterCore, log
+from notebookos.kernel.router_core import Execution, log
+from notebookos.kernel.router_sleep import Hibernation
 from notebookos.policy.migration import executor_order
 
 ACTIVITY_PERIOD = 5.0
@@ -43,7 +44,7 @@ def wait_message(
     )
 
 
-class Executions(RouterCore):
+class Executions(Hibernation):
     def _candidates(self, msg: dict[str, Any]) -> list[int] | None:
         """Replicas to propose as executor, best first; None asks for the replicas' election."""
         forced = (msg.get("metadata") or {}).get(c.TARGET_OVERRIDE)
@@ -143,12 +144,6 @@ class Executions(RouterCore):
             ex.waiting = False
         return None, self._frames(msg, exec_id, None, ex.waited)
 
-    def _display(self, parent: dict[str, Any], display_id: str, text: str, update: bool) -> None:
-        """Output a front end renders in the cell, updated in place (one display id)."""
-        content = {"data": {"text/plain": text}, "metadata": {}, "transient": {"display_id": display_id}}
-        mtype = "update_display_data" if update else "display_data"
-        self.session.send(self.front["iopub"], mtype, content, parent=parent, ident=b"kernel.router.display")
-
     def _frames(self, msg: dict[str, Any], exec_id: str, target: int | None, waited: float = 0.0) -> list[bytes]:
         md = dict(msg.get("metadata") or {})
         md[c.META] = {"execution_id": exec_id, "target": target, "after": self.after}
@@ -163,6 +158,12 @@ class Executions(RouterCore):
             while not self.queue:
                 self.queue_event.clear()
                 await self.queue_event.wait()
+            why = await self.awake(self.queue[0][1]["header"])  # a hibernated kernel wakes first
+            if why is not None:
+                self.fail_held(why)
+                continue
+            if not self.queue:
+                continue
             idents, msg = self.queue.popleft()
             try:
                 await self._execute(idents, msg)

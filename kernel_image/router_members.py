@@ -67,7 +67,13 @@ class Membership(RouterCore):
                 a = parse_address(str(req["raft"]), "raft")
                 others = [r for r in self._alive() if r.rid != rid]
                 if not others:
-                    raise RuntimeError("no other live replica can commit the new address")
+                    # Nobody to tell now: a member that starts later has the complete membership
+                    # from its environment, and probes heal any stale view (_heal_peers).
+                    log.info("replica %d moved to %s; no other live replica to tell yet", rid, a)
+                    self.session.send(
+                        self.front["control"], c.UPDATE_PEER_REPLY, content, parent=msg["header"], ident=idents
+                    )
+                    return
                 reply = await self._ask(
                     others[0], c.UPDATE_PEER_REQUEST, {"replica": rid, "host": a.host, "port": a.port}, 10
                 )

@@ -313,7 +313,18 @@ def replica_env(kernel: NotebookKernel, replica_id: int, cfg: OperatorConfig) ->
             _env_value("NOTEBOOKOS_STORE_URL", storage.url),
             _env_value("NOTEBOOKOS_STORE_THRESHOLD", str(storage.threshold_bytes)),
         ]
+    elif cfg.checkpoint_store:
+        env.append(_env_value("NOTEBOOKOS_STORE_URL", cfg.checkpoint_store))
+    if kernel.status.checkpoint is not None:
+        # A new replica starts from the last hibernation's state; committed entries since the
+        # wake reach it from its peers, applied on top (raftlog.KernelState.restore).
+        env.append(_env_value("NOTEBOOKOS_RESTORE_URL", kernel.status.checkpoint.url))
     return env
+
+
+def shared_store(kernel: NotebookKernel, cfg: OperatorConfig) -> str | None:
+    """The store all of a kernel's replicas share (its large values and checkpoints), if any."""
+    return kernel.spec.storage.url if kernel.spec.storage is not None else cfg.checkpoint_store or None
 
 
 def router_members(addresses: Mapping[int, str], cfg: OperatorConfig) -> str:
@@ -332,6 +343,7 @@ def router_env(kernel: NotebookKernel, members: str, cfg: OperatorConfig) -> lis
             "NOTEBOOKOS_GPU_WAIT_SECONDS",
             str(kernel.spec.gpu_wait_seconds if kernel.spec.gpu_wait_seconds is not None else cfg.gpu_wait_seconds),
         ),
+        _env_value("NOTEBOOKOS_WAKE_TIMEOUT_SECONDS", str(cfg.wake_timeout_seconds)),
     ]
 
 

@@ -81,6 +81,11 @@ class OperatorConfig:
     gpu_wait_seconds: int = 300
     # A migration whose new pod is not placed on its target by then is rolled back.
     migration_timeout_seconds: int = 120
+    # Where kernels without spec.storage keep large values and their hibernation checkpoint (an
+    # fsspec URL every kernel pod can reach). Empty: such kernels cannot hibernate.
+    checkpoint_store: str = ""
+    # A wake whose replicas are not all ready by then is rolled back: the kernel stays hibernated.
+    wake_timeout_seconds: int = 300
 
     @property
     def router_ports(self) -> ConnectionPorts:
@@ -119,6 +124,12 @@ class OperatorConfig:
             kw["gpu_wait_seconds"] = _parse_int("NOTEBOOKOS_GPU_WAIT_SECONDS", v, 0, 86400)
         if v := env.get("NOTEBOOKOS_MIGRATION_TIMEOUT_SECONDS"):
             kw["migration_timeout_seconds"] = _parse_int("NOTEBOOKOS_MIGRATION_TIMEOUT_SECONDS", v, 10, 3600)
+        if v := env.get("NOTEBOOKOS_CHECKPOINT_STORE"):
+            if "://" not in v:
+                raise ConfigError(f"NOTEBOOKOS_CHECKPOINT_STORE: {v!r} is not an fsspec URL (s3://..., file:///...)")
+            kw["checkpoint_store"] = v
+        if v := env.get("NOTEBOOKOS_WAKE_TIMEOUT_SECONDS"):
+            kw["wake_timeout_seconds"] = _parse_int("NOTEBOOKOS_WAKE_TIMEOUT_SECONDS", v, 10, 86400)
         if v := env.get("NOTEBOOKOS_RESYNC_SECONDS"):
             kw["resync_seconds"] = _parse_int("NOTEBOOKOS_RESYNC_SECONDS", v, 1, 3600)
         if v := env.get("NOTEBOOKOS_KERNEL_PYTHON"):

@@ -50,6 +50,13 @@ class Kube:
         out = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURALS[kind])
         return [dict(i) for i in out.get("items", [])]
 
+    def delete_custom(self, kind: str, ns: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[kind], name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def patch_annotations(self, kind: str, ns: str, name: str, annotations: dict[str, str | None]) -> None:
         """Merge-patch metadata.annotations (None removes a key) of a custom object or a pod."""
         body = {"metadata": {"annotations": annotations}}

@@ -7,7 +7,6 @@ objects in the API server, so an operator restarted at any point picks up where 
 
 from __future__ import annotations
 
-import base64
 import contextvars
 import logging
 import os
@@ -17,10 +16,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from notebookos import labels
-from notebookos.api import ConditionStatus, ConditionType, KernelReplica, NotebookKernel, ReplicaPhase, owners
+from notebookos.api import (
+    ConditionStatus,
+    ConditionType,
+    KernelPhase,
+    KernelReplica,
+    NotebookKernel,
+    NotebookKernelStatus,
+    ReplicaPhase,
+    owners,
+)
+from notebookos.policy import hibernation
 from notebookos.policy.placement import DEFAULT_MAX_SUBSCRIPTION_RATIO
 
-from . import builders, capacity, migration, naming, router_control, scaling
+from . import builders, capacity, hibernate, migration, naming, router_control, scaling
 from . import status as st
 from .capacity import CapacityConfig
 from .config import OperatorConfig
@@ -69,6 +78,7 @@ class Reconciler:
         # reads (most of a kernel's reconciles come from its replicas' and pods' events); the resync
         # timer's reconcile (verify) reads them all again, so a deleted child is made again.
         self._made: dict[tuple[str, str], tuple[str, Obj]] = {}
+        self.hibernator = hibernate.Hibernator(kube, cfg)
 
     def _lock(self, key: Hashable) -> threading.Lock:
         with self._guard:
@@ -133,11 +143,27 @@ class Reconciler:
             if service is not None:
                 self._made[(ns, name)] = (uid, service)
 
+        created = st.parse_time((obj.get("metadata") or {}).get("creationTimestamp")) or now
+        decision = hibernation.decide(hibernate.view(kernel, created), now)
+        if kernel.status.phase in hibernation.ASLEEP:
+            if decision.action == hibernation.WAKE:
+                new, event = self.hibernator.start_wake(kernel, decision.reason, now)
+                self._write_status(obj, kernel.status, new, [event])  # its event brings the next reconcile
+            else:
+                self._write_status(obj, kernel.status, self.hibernator.asleep(kernel, now), [])
+            return
+
         raw = [
             r
             for r in kube.list_custom("KernelReplica", ns, naming.label_selector({labels.KERNEL_LABEL: name}))
             if _owned_by(r, kernel.metadata.uid or "")
         ]
+        if kernel.status.phase == KernelPhase.WAKING:
+            failed = self.hibernator.wake_failed(kernel, [KernelReplica.model_validate(r) for r in raw], now)
+            if failed is not None:
+                new, event = self.hibernator.roll_back(kernel, failed, now)
+                self._write_status(obj, kernel.status, new, [event])
+                return
         have = {int(r["spec"]["replicaId"]) for r in raw}
         for rid in range(1, kernel.spec.replicas + 1):
             if rid not in have:
@@ -170,11 +196,40 @@ class Reconciler:
         conds, no_target = self._migrate(kernel, obj, replicas, moving, new.conditions, now)
         conds = self._scale_out(kernel, obj, owner, replicas, no_target, moving, conds, now)
         new = new.model_copy(update={"conditions": conds})
-        self._write_status(obj, kernel.status, new, st.kernel_events(kernel.status, new))
+        new, sleep_event = self._hibernation(kernel, replicas, new, decision, now)
+        events = [*st.kernel_events(kernel.status, new), *([sleep_event] if sleep_event else [])]
+        self._write_status(obj, kernel.status, new, events)
+        if new.phase == KernelPhase.HIBERNATING:
+            self.hibernator.remove_replicas(kernel)  # after the checkpoint is in the status
         if self.metrics:
-            created = st.parse_time((obj.get("metadata") or {}).get("creationTimestamp")) or now
             sample = KernelSample(kernel.spec.resources.gpus, created, new.gpu_seconds_bound, str(new.phase))
             self.metrics.observe(ns, name, sample)
+
+    def _hibernation(
+        self,
+        kernel: NotebookKernel,
+        replicas: list[KernelReplica],
+        new: NotebookKernelStatus,
+        decision: hibernation.Decision,
+        now: datetime,
+    ) -> tuple[NotebookKernelStatus, st.Event | None]:
+        """A waking kernel's progress, or a serving kernel's checkpoint when it is due; and when
+        to look again (the idle deadline, a refused checkpoint) if no event comes first."""
+        ns, name = kernel.metadata.namespace or "", kernel.metadata.name or ""
+
+        def again() -> None:
+            self.kernel(ns, name)
+
+        if kernel.status.phase == KernelPhase.WAKING:
+            return self.hibernator.waking(kernel, replicas, new, now)
+        if decision.action == hibernation.HIBERNATE:
+            out, event = self.hibernator.hibernate(kernel, new, decision.reason, now)
+            if out.phase != KernelPhase.HIBERNATING:
+                self._wake_up(hibernate.RETRY_SECONDS, ("hibernate", ns, name), again)
+            return out, event
+        if decision.due is not None:
+            self._wake_up(max(0.0, (decision.due - now).total_seconds()), ("hibernate", ns, name), again)
+        return new, None
 
     def _migrate(
         self,
@@ -316,27 +371,24 @@ class Reconciler:
             conds, ConditionType.CAPACITY_REQUESTED, ConditionStatus.TRUE, "Requested", msg, now, gen
         )
 
-    def _repoint_router(self, kernel: NotebookKernel, pod: Obj, made_for: str, members: str) -> bool:
+    def _repoint_router(self, kernel: NotebookKernel, pod: Obj, made_for: str | None, members: str) -> bool:
         """Tell the live router the moved replicas' new addresses; False if it cannot be reached."""
         ip = (pod.get("status") or {}).get("podIP")
-        if not ip or not st.pod_is_live(pod) or not made_for:
+        if not ip or not st.pod_is_live(pod) or made_for is None:
             return False
         old, new = builders.parse_peers(made_for), builders.parse_peers(members)
-        if set(old) != set(new):
+        # No members recorded: the kernel hibernated (hibernate.py cleared them) and every replica
+        # is new; they started with the complete membership and no old member is left to tell.
+        # Else the moved ones' Raft addresses go to the others too.
+        fresh = made_for == ""
+        if set(old) != set(new) and not fresh:
             return False
-        moved = {
-            rid: (addr, f"{addr.rsplit(':', 1)[0]}:{self.cfg.raft_port}")
-            for rid, addr in new.items()
-            if old.get(rid) != addr
+        changed = {rid for rid, addr in new.items() if fresh or old.get(rid) != addr}
+        moved: dict[int, tuple[str, str | None]] = {
+            rid: (new[rid], None if fresh else f"{new[rid].rsplit(':', 1)[0]}:{self.cfg.raft_port}") for rid in changed
         }
-        secret = self.kube.get(
-            "Secret", kernel.metadata.namespace or "", naming.secret_name(kernel.metadata.name or "")
-        )
-        raw = ((secret or {}).get("data") or {}).get(naming.HMAC_SECRET_KEY)
-        if not raw:
-            return False
-        port = self.cfg.router_port + labels.CHANNELS.index("control")
-        return router_control.update_peers(ip, port, base64.b64decode(raw), moved)
+        endpoint = self.hibernator.router_endpoint(kernel)
+        return endpoint is not None and router_control.update_peers(*endpoint, moved)
 
     def _children(self, kernel: NotebookKernel, owner: Obj) -> Obj | None:
         """Make what a kernel has once (Secret, Services, PDB, its RBAC) where missing; returns
@@ -380,12 +432,7 @@ class Reconciler:
             node_gone = bool(node) and not kube.node_exists(node)
             made_for = ((pod.get("metadata") or {}).get("annotations") or {}).get(naming.ROUTER_MEMBERS_ANNOTATION)
             moved = members is not None and made_for != members
-            if (
-                moved
-                and not node_gone
-                and members is not None
-                and self._repoint_router(kernel, pod, made_for or "", members)
-            ):
+            if moved and not node_gone and members is not None and self._repoint_router(kernel, pod, made_for, members):
                 # Re-pointed live, so connected clients keep their connection; the annotation
                 # records the members it now has.
                 log.info("router %s/%s re-pointed at the moved replicas (%s)", ns, pod_name, members)
@@ -418,6 +465,8 @@ class Reconciler:
         if kobj is None or _deleting(kobj):
             return  # the garbage collector removes the replica with its kernel
         kernel = NotebookKernel.model_validate(kobj)
+        if kernel.status.phase in hibernation.ASLEEP:
+            return  # its replicas are going (hibernate.py): no pod is made for them
         rid = replica.spec.replica_id
         selector = naming.label_selector(
             {**naming.replica_selector(replica.spec.kernel_name), labels.REPLICA_ID_LABEL: str(rid)}

@@ -30,6 +30,15 @@ QUANTITY_PATTERN = (
 )
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MIN_IDLE_TIMEOUT, MAX_IDLE_TIMEOUT = "10s", "720h"
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(text: str) -> float:
+    """A Go duration (DURATION_PATTERN, e.g. 1h30m) in seconds."""
+    return sum(float(n) * _DURATION_UNITS[u] for n, _, u in re.findall(r"([0-9]+(\.[0-9]+)?)(ns|us|ms|s|m|h)", text))
+
+
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 ODD_REPLICAS = "replicas must be odd so that a Raft majority exists"
 # The longest suffix added to a kernel name is "-replicas" (its headless Service, a DNS-1035 label of
@@ -200,6 +209,7 @@ class ConditionType(StrEnum):
     MIGRATING = "Migrating"  # a replica is moving to a node with GPUs free (the operator's)
     CAPACITY_REQUESTED = "CapacityRequested"  # no node can take the move: a GPU node was asked for
     NODE_DRAINING = "NodeDraining"  # a replica's: its node is cordoned or tainted for removal
+    HIBERNATED = "Hibernated"  # the state is checkpointed and the replica pods are gone (hibernation.py)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,6 +224,9 @@ class KernelPhase(StrEnum):
     DEGRADED = "Degraded"
     FAILED = "Failed"
     TERMINATING = "Terminating"
+    HIBERNATING = "Hibernating"  # checkpointed; the replicas are being removed
+    HIBERNATED = "Hibernated"  # no replica pods; the router holds the connection and wakes it
+    WAKING = "Waking"  # replicas are being made again from the checkpoint
 
 
 class NotebookKernelSpec(ApiModel):
@@ -245,7 +258,26 @@ class NotebookKernelSpec(ApiModel):
     idle_timeout: str | None = Field(
         None,
         pattern=DURATION_PATTERN,
-        description="Delete the kernel after this long without a cell (a Go duration, e.g. 1h30m). Never when unset.",
+        description=(
+            f"Hibernate the kernel after this long without a cell (a Go duration from {MIN_IDLE_TIMEOUT} to "
+            f"{MAX_IDLE_TIMEOUT}, e.g. 1h30m): its state is checkpointed to the object store and its replica pods "
+            "are removed; the next request wakes it. Never when unset."
+        ),
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    # [.]: a backslash would need escaping again inside the CEL string
+                    "rule": f"!self.matches('{DURATION_PATTERN.replace(chr(92) + '.', '[.]')}') || "
+                    f"(duration(self) >= duration('{MIN_IDLE_TIMEOUT}')"
+                    f" && duration(self) <= duration('{MAX_IDLE_TIMEOUT}'))",
+                    "message": f"idleTimeout must be from {MIN_IDLE_TIMEOUT} to {MAX_IDLE_TIMEOUT}",
+                }
+            ]
+        },
+    )
+    suspend: bool = Field(
+        False,
+        description="true hibernates the kernel now (its state is kept in the object store), false wakes it.",
     )
     gpu_wait_seconds: int | None = Field(
         None,
@@ -269,6 +301,16 @@ class NotebookKernelSpec(ApiModel):
         description="The identity the kernel runs for (e.g. the JupyterHub user); used in labels and events.",
         json_schema_extra=immutable("user is immutable"),
     )
+
+    @field_validator("idle_timeout")
+    @classmethod
+    def _idle_range(cls, value: str | None) -> str | None:
+        # The CRD's CEL rule says the same to the API server.
+        if value is not None and re.match(DURATION_PATTERN, value):
+            seconds = duration_seconds(value)
+            if not duration_seconds(MIN_IDLE_TIMEOUT) <= seconds <= duration_seconds(MAX_IDLE_TIMEOUT):
+                raise ValueError(f"idleTimeout must be from {MIN_IDLE_TIMEOUT} to {MAX_IDLE_TIMEOUT}")
+        return value
 
     @field_validator("replicas")
     @classmethod
@@ -300,11 +342,24 @@ class ConnectionInfo(StatusModel):
     ports: ConnectionPorts = Field(..., description="The five channel ports.")
 
 
+class Checkpoint(StatusModel):
+    """The kernel's state as saved when it hibernated: its replicated log's state (variables,
+    cells, history) in one object, and large values already in the object store."""
+
+    id: str = Field(..., min_length=1, description="Names this checkpoint (a wake request names the one it wakes).")
+    url: str = Field(..., min_length=1, description="Where the checkpoint object is.")
+    bytes: int = Field(0, ge=0, description="State restored on wake: the checkpoint and the large values it names.")
+    variables: int = Field(0, ge=0, description="User variables saved.")
+    cells: int = Field(0, ge=0, description="Cells executed before hibernation.")
+    taken_at: datetime | None = Field(None, description="When it was taken.")
+
+
 class NotebookKernelStatus(StatusModel):
     """What the cluster says about the kernel, kept by the operator."""
 
     phase: KernelPhase = Field(
-        KernelPhase.PENDING, description="Pending, Starting, Ready, Degraded, Failed or Terminating."
+        KernelPhase.PENDING,
+        description="Pending, Starting, Ready, Degraded, Failed, Terminating, Hibernating, Hibernated or Waking.",
     )
     conditions: list[Condition] = Field(
         default_factory=list,
@@ -320,6 +375,11 @@ class NotebookKernelStatus(StatusModel):
     migrations: int = Field(0, ge=0, description="Replicas moved to another node because theirs had no GPU.")
     replacements: int = Field(0, ge=0, description="Replicas recreated after their pod or node was lost.")
     last_activity: datetime | None = Field(None, description="When the last cell finished.")
+    checkpoint: Checkpoint | None = Field(None, description="The state saved when the kernel last hibernated.")
+    wake_request: str | None = Field(
+        None, description="Set by the router when a request arrives for the hibernated kernel: CHECKPOINT-ID/REQUEST."
+    )
+    wake_handled: str | None = Field(None, description="The last wakeRequest the operator acted on.")
     gpu_seconds_bound: float = Field(
         0,
         ge=0,
@@ -482,6 +542,9 @@ class KernelReplicaStatus(StatusModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     observed_generation: int | None = Field(None, ge=0, description="The generation this status describes.")
+    restore_error: str | None = Field(
+        None, description="Why the replica could not restore the kernel's checkpoint when it woke (the replica's)."
+    )
 
 
 class KernelReplica(_Resource):

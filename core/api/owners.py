@@ -29,6 +29,9 @@ KERNEL_STATUS: dict[str, str] = {
     "executor": ROUTER,
     "cells": ROUTER,
     "lastActivity": ROUTER,
+    "checkpoint": OPERATOR,  # from the router's reply to its checkpoint request
+    "wakeRequest": ROUTER,
+    "wakeHandled": OPERATOR,
 }
 
 REPLICA_STATUS: dict[str, str] = {
@@ -43,6 +46,7 @@ REPLICA_STATUS: dict[str, str] = {
     "observedGeneration": OPERATOR,
     "raft": REPLICA,
     "lastHeartbeat": REPLICA,
+    "restoreError": REPLICA,
     "gpuBinding": BROKER,
     "gpuSecondsBound": BROKER,
 }

@@ -178,7 +178,9 @@ class ProcessRunner:
             if vol is not None and vol.empty_dir is not None:
                 local = workdir / "volumes" / mount.name
                 local.mkdir(parents=True, exist_ok=True)
-                env = {k: v.replace(mount.mount_path, str(local)) for k, v in env.items()}
+                # The mount path as a path's start only ("/tmp/x", "file:///tmp/x"; not "/var/tmp").
+                at = re.compile(rf"(?<![\w.-]){re.escape(mount.mount_path.rstrip('/'))}(?![\w.-])")
+                env = {k: at.sub(str(local).replace("\\", "\\\\"), v) for k, v in env.items()}
         return env
 
     def _data(self, kind: str, ns: str, name: str, optional: bool) -> dict[str, str]:

@@ -88,6 +88,9 @@ class FakeKube:
     def list_custom_all(self, kind: str) -> list[Obj]:
         return self.of_kind(kind)
 
+    def delete_custom(self, kind: str, ns: str, name: str) -> None:
+        self.objects.pop((kind, ns, name), None)
+
     def patch_annotations(self, kind: str, ns: str, name: str, annotations: dict[str, str | None]) -> None:
         self.merge(kind, ns, name, {"metadata": {"annotations": annotations}})
 
