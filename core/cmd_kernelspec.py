@@ -23,6 +23,7 @@ FLAGS = {
     "replicas": "--replicas",
     "image": "--image",
     "storage.url": "--storage",
+    "idleTimeout": "--idle-timeout",
 }
 
 
@@ -38,12 +39,14 @@ def kernelspec(args: argparse.Namespace) -> dict[str, Any]:
         config["namespace"] = args.namespace
     if args.storage:
         config["storage"] = {"url": args.storage}
+    if args.idle_timeout:
+        config["idleTimeout"] = args.idle_timeout
     if args.connect_via != "service":
         config["connect_via"] = args.connect_via
     # Refuse what the API server would refuse, now rather than at the first launch.
     try:
         resources = {k: config[k] for k in ("gpus", "cpu", "memory", "gpuMemory") if k in config}
-        rest = {k: config[k] for k in ("replicas", "image", "storage") if k in config}
+        rest = {k: config[k] for k in ("replicas", "image", "storage", "idleTimeout") if k in config}
         NotebookKernelSpec.model_validate({"resources": resources, **rest})  # every error at once
     except ValidationError as exc:
         raise CliError(f"invalid kernelspec: {describe_validation_error(exc, FLAGS)}") from None
@@ -74,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--replicas", type=int, default=None, help="Raft replicas, odd (default 3)")
     p.add_argument("--namespace", default=None, help="namespace (default: the server pod's own, or kubeconfig's)")
     p.add_argument("--storage", default=None, help="fsspec URL for large state values, e.g. s3://bucket/prefix")
+    p.add_argument(
+        "--idle-timeout",
+        default=None,
+        help="hibernate kernels idle this long (a Go duration, 10s to 720h, e.g. 1h); the next cell wakes them",
+    )
     p.add_argument(
         "--connect-via",
         choices=["service", "pod", "local"],

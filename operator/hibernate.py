@@ -47,9 +47,9 @@ def view(kernel: NotebookKernel, created: datetime) -> policy.Kernel:
     ready = st.get_condition(s.conditions, ConditionType.READY)
     # Idle from when it could first take a cell (made, or woken), not from when it was asked for.
     awake_since = created
-    for since, status in ((ready, ConditionStatus.TRUE), (cond, ConditionStatus.FALSE)):
-        if since is not None and since.status == status and since.last_transition_time:
-            awake_since = max(awake_since, since.last_transition_time)
+    # (Ready is False while hibernated, so after a wake it counts from the wake's end.)
+    if ready is not None and ready.status == ConditionStatus.TRUE and ready.last_transition_time:
+        awake_since = max(awake_since, ready.last_transition_time)
     timeout = kernel.spec.idle_timeout
     return policy.Kernel(
         phase=str(s.phase),

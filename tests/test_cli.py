@@ -106,10 +106,16 @@ def test_kernelspec_install_errors_name_the_flag_in_words(tmp_path: Path, flags:
     assert not (tmp_path / "x").exists()
 
 
-def test_kernelspec_install_takes_gpu_memory_and_no_idle_timeout(tmp_path: Path) -> None:
-    proc = notebookos("kernelspec", "install", "--name", "big", "--gpu-memory", "40Gi", "--dir", str(tmp_path))
+def test_kernelspec_install_takes_gpu_memory_and_an_idle_timeout(tmp_path: Path) -> None:
+    proc = notebookos(
+        "kernelspec", "install", "--name", "big", "--gpu-memory", "40Gi", "--idle-timeout", "2h", "--dir", str(tmp_path)
+    )
     assert proc.returncode == 0, proc.stderr
     config = json.loads((tmp_path / "big" / "kernel.json").read_text())["metadata"]["kernel_provisioner"]["config"]
-    assert config["gpuMemory"] == "40Gi"
-    # Nothing enforces an idle timeout yet, so the command does not offer one.
-    assert "--idle-timeout" not in notebookos("kernelspec", "install", "--help").stdout
+    assert config["gpuMemory"] == "40Gi" and config["idleTimeout"] == "2h"
+    err = one_line_error(
+        notebookos("kernelspec", "install", "--name", "x", "--dir", str(tmp_path), "--idle-timeout", "5s"),
+        "--idle-timeout",
+        "from 10s to 720h",
+    )
+    assert not (tmp_path / "x").exists(), err

@@ -316,6 +316,8 @@ def test_scale_in_is_off_by_default_and_configured_from_values(helm: str) -> Non
         (["--set", "jupyterhub.kernelNamespace=Team_A"], "at '/jupyterhub/kernelNamespace'"),
         (["--set", "capacityRequests.priority=-11"], "at '/capacityRequests/priority': minimum: got -11, want -10"),
         (["--set", "capacityRequests.priority=0"], "at '/capacityRequests/priority': maximum: got 0, want -1"),
+        (["--set", "operator.checkpointStore=/mnt/shared"], "at '/operator/checkpointStore'"),
+        (["--set", "operator.wakeTimeoutSeconds=5"], "at '/operator/wakeTimeoutSeconds': minimum: got 5, want 10"),
     ],
 )
 def test_bad_values_are_refused_by_the_schema(helm: str, args: list[str], expected: str) -> None:
@@ -355,3 +357,13 @@ def test_operator_serves_metrics_on_a_service_and_service_monitors_are_optional(
     assert [d["metadata"]["name"] for d in no_broker if d["kind"] == "ServiceMonitor"] == ["notebookos-operator"]
     proc = run_helm(helm, "template", "notebookos", str(CHART), "--set", "metrics.serviceMonitor.interval=often")
     assert proc.returncode != 0 and "at '/metrics/serviceMonitor/interval'" in proc.stderr, proc.stderr
+
+
+def test_the_operators_hibernation_settings_come_from_values_and_parse(helm: str) -> None:
+    from notebookos.operator.config import OperatorConfig
+
+    docs = render(helm, "--set", "operator.checkpointStore=s3://bucket/nbos", "--set", "operator.wakeTimeoutSeconds=120")
+    op = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("operator"))
+    env = {e["name"]: e.get("value") for e in op["spec"]["template"]["spec"]["containers"][0]["env"]}
+    cfg = OperatorConfig.from_env({k: v for k, v in env.items() if v is not None})
+    assert (cfg.checkpoint_store, cfg.wake_timeout_seconds) == ("s3://bucket/nbos", 120)
