@@ -33,7 +33,7 @@ from notebookos.policy.hibernation import size_text
 from . import builders, capacity, naming, router_control
 from . import status as st
 from .config import OperatorConfig
-from .kube import Kube, Obj
+from .kube import Kube, owned_by
 
 log = logging.getLogger(__name__)
 
@@ -155,15 +155,15 @@ class Hibernator:
         # and the router learns theirs anew (an empty record: reconcile._repoint_router).
         self.kube.drop_configmap_key(ns, naming.peers_configmap_name(name), naming.PEERS_KEY)
         router = self.kube.get("Pod", ns, naming.router_pod_name(name))
-        if router is not None and _owned_by(router, uid):
+        if router is not None and owned_by(router, uid):
             self.kube.patch_annotations("Pod", ns, naming.router_pod_name(name), {naming.ROUTER_MEMBERS_ANNOTATION: ""})
         selector = naming.label_selector({labels.KERNEL_LABEL: name})
-        replicas = [r for r in self.kube.list_custom("KernelReplica", ns, selector) if _owned_by(r, uid)]
+        replicas = [r for r in self.kube.list_custom("KernelReplica", ns, selector) if owned_by(r, uid)]
         for r in replicas:
             self.kube.delete_custom("KernelReplica", ns, r["metadata"]["name"])
         pods = self.kube.list_pods(ns, naming.label_selector(naming.replica_selector(name)))
         # A wake that could not place its replicas may have asked for nodes: no longer wanted.
-        asked = [p for p in self.kube.list_pods(ns, capacity.selector(name)) if _owned_by(p, uid)]
+        asked = [p for p in self.kube.list_pods(ns, capacity.selector(name)) if owned_by(p, uid)]
         for p in pods + asked:
             self.kube.delete_pod(ns, p["metadata"]["name"])
         return len(replicas) + len(pods)
@@ -251,7 +251,3 @@ class Hibernator:
         if not raw:
             return None
         return ip, self.cfg.router_port + labels.CHANNELS.index("control"), base64.b64decode(raw)
-
-
-def _owned_by(obj: Obj, uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])

@@ -15,6 +15,11 @@ Obj = dict[str, Any]
 PLURALS = {r.__name__: r.crd_plural for r in RESOURCES}
 
 
+def owned_by(obj: Obj, uid: str) -> bool:
+    """Whether `obj` names the object with this uid among its owners."""
+    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
 class Conflict(Exception):
     """The object changed since it was read (409); read it again and recompute."""
 

@@ -362,7 +362,9 @@ def test_operator_serves_metrics_on_a_service_and_service_monitors_are_optional(
 def test_the_operators_hibernation_settings_come_from_values_and_parse(helm: str) -> None:
     from notebookos.operator.config import OperatorConfig
 
-    docs = render(helm, "--set", "operator.checkpointStore=s3://bucket/nbos", "--set", "operator.wakeTimeoutSeconds=120")
+    docs = render(
+        helm, "--set", "operator.checkpointStore=s3://bucket/nbos", "--set", "operator.wakeTimeoutSeconds=120"
+    )
     op = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("operator"))
     env = {e["name"]: e.get("value") for e in op["spec"]["template"]["spec"]["containers"][0]["env"]}
     cfg = OperatorConfig.from_env({k: v for k, v in env.items() if v is not None})
