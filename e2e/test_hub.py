@@ -31,6 +31,9 @@ from e2e.testbed.wait import until
 G, V = "notebookos.io", "v1alpha1"
 HUB_NS = "jupyterhub"
 KERNELSPEC = "notebookos-gpu1"
+# Screenshots of the browser test (a passing run, or the page when it failed) for CI to keep; build/
+# is ignored by git.
+ARTEFACTS = Path(os.environ.get("NOTEBOOKOS_E2E_ARTEFACTS") or REPO / "build" / "e2e-artefacts")
 
 
 @dataclass
@@ -100,7 +103,7 @@ def bed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     hub = Hub(cluster, work / "hub", HUB_NS, overlay_for_testbed(node, install_kernelspec(work / "jupyter")))
     try:
         hub.start(chp)
-        yield Bed(cluster, stack, hub, work / "artefacts")
+        yield Bed(cluster, stack, hub, ARTEFACTS)
     finally:
         for user in ("alice", "bob"):
             try:
@@ -287,7 +290,6 @@ def test_jupyterlab_in_chromium_runs_cells_and_shows_a_notebookos_error(bed: Bed
         lab.screenshot(shot)  # docs/img/jupyterlab-notebookos.png is one of these
     except BaseException:
         lab.screenshot(bed.artefacts / "jupyterlab-failure.png")
-        (bed.artefacts / "jupyterlab-failure.html").write_text(driver.page_source)
         raise
     finally:
         driver.quit()
