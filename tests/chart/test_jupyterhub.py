@@ -111,3 +111,15 @@ def test_usernames_must_be_dns_labels(helm: str) -> None:
         helm, "template", "x", str(CHART), "--set", "jupyterhub.enabled=true", "--set", "jupyterhub.users={Alice}"
     )
     assert proc.returncode != 0 and "at '/jupyterhub/users/0'" in proc.stderr, proc.stderr
+
+
+def test_servers_egress_reaches_the_charts_kernel_namespaces(helm: str) -> None:
+    """Zero-to-JupyterHub's server NetworkPolicy lets servers reach no private IP unless allowed: the
+    docs' egress rule must select the namespaces the chart makes."""
+    egress = yaml.safe_load(Z2JH_VALUES.read_text())["singleuser"]["networkPolicy"]["egress"]
+    selectors = [peer["namespaceSelector"]["matchLabels"] for rule in egress for peer in rule["to"]
+                 if "namespaceSelector" in peer]  # fmt: skip
+    namespaces = [d for d in per_user(helm) if d["kind"] == "Namespace"]
+    assert namespaces and selectors
+    for ns in namespaces:
+        assert any(sel.items() <= ns["metadata"]["labels"].items() for sel in selectors), ns["metadata"]
