@@ -29,7 +29,8 @@ from e2e.testbed.stack import Stack
 from e2e.testbed.wait import until
 
 G, V = "notebookos.io", "v1alpha1"
-HUB_NS = "jupyterhub"
+# JupyterHub's namespace, where the chart puts the servers' service accounts.
+HUB_NS = yaml.safe_load(NOTEBOOKOS_VALUES.read_text())["jupyterhub"]["serviceAccount"]["namespace"]
 KERNELSPEC = "notebookos-gpu1"
 # Screenshots of the browser test (a passing run, or the page when it failed) for CI to keep; build/
 # is ignored by git.
@@ -100,7 +101,7 @@ def bed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     objects = chart_jupyterhub_objects()
     cluster.kubectl("create", "namespace", HUB_NS)
     cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in objects))
-    hub = Hub(cluster, work / "hub", HUB_NS, overlay_for_testbed(node, install_kernelspec(work / "jupyter")))
+    hub = Hub(cluster, work / "hub", HUB_NS, overlay_for_testbed(node, install_kernelspec(work / "jupyter"), HUB_NS))
     try:
         hub.start(chp)
         yield Bed(cluster, stack, hub, ARTEFACTS)
@@ -120,11 +121,11 @@ def bed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def spawn(bed: Bed, user: str) -> None:
-    bed.hub.api("POST", f"/hub/api/users/{user}/server")
-
     def ready() -> bool:
         return bool(bed.hub.api("GET", f"/hub/api/users/{user}")["servers"].get("", {}).get("ready"))
 
+    if not ready():  # a rerun (E2E_RERUN) finds it running
+        bed.hub.api("POST", f"/hub/api/users/{user}/server")
     until(ready, 240, f"{user}'s server to be ready", interval=1.0)
 
 
@@ -184,8 +185,7 @@ def test_hub_spawns_a_server_whose_session_runs_on_notebookos(bed: Bed) -> None:
         {"path": "api.ipynb", "type": "notebook", "kernel": {"name": KERNELSPEC}},
     )  # fmt: skip
     kernel_id = session["kernel"]["id"]
-    (kernel,) = bed.kernels("alice")
-    assert kernel["metadata"]["name"] == f"jupyter-{kernel_id}"
+    (kernel,) = [k for k in bed.kernels("alice") if k["metadata"]["name"] == f"jupyter-{kernel_id}"]
     assert kernel["spec"]["user"] == "alice"
     assert kernel["metadata"]["labels"]["notebookos.io/user"] == "alice"
     out, reply = run_cell(bed, "alice", kernel_id, "x = 41\nx += 1\nprint('alice', x)")
@@ -213,7 +213,7 @@ def _refused(call: Any) -> int:
 
 def test_a_second_user_cannot_reach_the_first_users_kernels(bed: Bed) -> None:
     spawn(bed, "bob")
-    (kernel,) = bed.kernels("alice")
+    kernel = bed.kernels("alice")[0]
     name, ns = kernel["metadata"]["name"], kernel["metadata"]["namespace"]
     conn = kernel["status"]["connection"]
     bob = _client_of_server(bed, "bob")
@@ -234,7 +234,7 @@ def test_a_second_user_cannot_reach_the_first_users_kernels(bed: Bed) -> None:
     }  # fmt: skip
     codes = {what: _refused(call) for what, call in refusals.items()}
     assert codes == dict.fromkeys(refusals, 403), codes
-    assert [k["metadata"]["uid"] for k in bed.kernels("alice")] == [kernel["metadata"]["uid"]]
+    assert kernel["metadata"]["uid"] in [k["metadata"]["uid"] for k in bed.kernels("alice")]
     # The hub refuses bob's own API token on alice's server.
     token = bed.hub.api("POST", "/hub/api/users/bob/tokens", {"note": "e2e"})["token"]
     assert bed.hub.status("GET", "/user/bob/api/kernels", token) == 200

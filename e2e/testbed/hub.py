@@ -246,7 +246,7 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def overlay_for_testbed(node: str, jupyter_path: Path) -> dict[str, Any]:
+def overlay_for_testbed(node: str, jupyter_path: Path, namespace: str) -> dict[str, Any]:
     """What the test bed changes in the docs' values, and why (docs/testbed.md):
     - the runner runs pods labelled for it, on a kwok node set aside for user servers, and keeps
       a stopping server's pod (so its token) until its process is gone, as a kubelet would;
@@ -254,9 +254,10 @@ def overlay_for_testbed(node: str, jupyter_path: Path) -> dict[str, Any]:
       runs as root here (an image runs it as its own user);
     - the kernelspec is installed beside the project's environment rather than in an image, and
       connects by the router pod's IP (there is no cluster DNS);
-    - the hub waits longer for a server: JupyterLab starts slowly on 2 shared cores."""
+    - the hub waits longer for a server: JupyterLab starts slowly on 2 shared cores;
+    - KubeSpawner's namespace is given (Zero-to-JupyterHub's hub reads its pod's own)."""
     return {
-        "hub": {"config": {"KubeSpawner": {"http_timeout": 180, "namespace": "jupyterhub"}}},
+        "hub": {"config": {"KubeSpawner": {"http_timeout": 180, "namespace": namespace}}},
         "singleuser": {
             "extraLabels": {labels.RUNNER_LABEL: labels.RUNNER_VALUE},
             "extraAnnotations": {GRACEFUL_ANNOTATION: "true"},
