@@ -267,8 +267,9 @@ def test_jupyterlab_in_chromium_runs_cells_and_shows_a_notebookos_error(bed: Bed
     try:
         lab.login("alice", bed.hub.password)
         before = {k["metadata"]["name"] for k in bed.kernels("alice")}
-        lab.new_notebook("alice", "Python 3 (NotebookOS, 1 GPU)")
-        wait_for(lab.kernel_idle, 240, "the NotebookOS kernel to be idle in the notebook's toolbar")
+        display = "Python 3 (NotebookOS, 1 GPU)"  # the kernelspec's, docs/helm.md
+        lab.new_notebook("alice", display)
+        wait_for(lambda: lab.kernel_idle(display), 240, "the NotebookOS kernel to be idle in the status bar")
         (name,) = {k["metadata"]["name"] for k in bed.kernels("alice")} - before
         first = lab.run("x = 6 * 7; print('hello from NotebookOS', x)")
         wait_for(lambda: "hello from NotebookOS 42" in lab.output(first), 120, "the first cell's output")
@@ -278,11 +279,13 @@ def test_jupyterlab_in_chromium_runs_cells_and_shows_a_notebookos_error(bed: Bed
         third = lab.run("import time; time.sleep(120)")
         ns = "notebookos-kernels-alice"
         victim = until(lambda: _executing_replica_pod(bed, ns, name), 120, "the executing replica's pod", interval=0.5)
-        assert bed.stack.runner is not None
-        pid = until(lambda: bed.stack.runner.pid_of(ns, victim), 10, f"{victim}'s process")  # type: ignore[union-attr]
+        runner = bed.stack.runner
+        assert runner is not None and victim is not None
+        pid = until(lambda: runner.pid_of(ns, victim), 10, f"{victim}'s process")
+        assert pid is not None
         os.killpg(pid, signal.SIGKILL)
-        error = wait_for(lambda: "NotebookOSExecutorLost" in lab.output(third) and lab.output(third), 180,
-                         "NotebookOSExecutorLost in the third cell's output")  # fmt: skip
+        wait_for(lambda: "NotebookOSExecutorLost" in lab.output(third), 180, "NotebookOSExecutorLost in the third cell")
+        error = lab.output(third)
         assert "Run the cell again" in error, error
         # The kernel lives on: the state is that of the last completed cell.
         fourth = lab.run("print('still', x)")

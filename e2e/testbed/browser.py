@@ -70,10 +70,11 @@ class Lab:
         card.click()
         wait_for(lambda: self.d.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell"), 60, "a new notebook")
 
-    def kernel_idle(self) -> bool:
-        """The notebook's kernel is connected and idle (the toolbar's status indicator)."""
-        found = self.d.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator")
-        return bool(found) and found[0].get_attribute("data-status") == "idle"
+    def kernel_idle(self, kernel_display_name: str) -> bool:
+        """The status bar says the notebook's kernel is idle ("<name> | Idle"; "Initializing" while
+        the kernel starts: the toolbar's execution indicator says idle before there is a kernel)."""
+        bar = self.d.find_elements(By.ID, "jp-main-statusbar")
+        return bool(bar) and f"{kernel_display_name} | Idle" in bar[0].text
 
     def cells(self) -> list[Any]:
         return self.d.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook .jp-Cell")

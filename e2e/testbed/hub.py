@@ -106,6 +106,8 @@ class Hub:
     service_token: str = field(default_factory=lambda: secrets.token_hex(32))
     proxy_token: str = field(default_factory=lambda: secrets.token_hex(32))
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    kubeconfig: Path = field(init=False)  # the hub's: a token of its service account
+    loader: Path = field(init=False)  # jupyterhub_config.py
 
     @property
     def url(self) -> str:
@@ -167,7 +169,8 @@ class Hub:
         cfg.setdefault("ConfigurableHTTPProxy", {}).update(
             {"should_start": False, "api_url": f"http://127.0.0.1:{self.proxy_api_port}"}
         )
-        cfg.setdefault("JupyterHub", {})["authenticator_class"] = "dummy"
+        # The authenticator is the platform's choice (docs/helm.md); the test bed's is a password.
+        cfg["JupyterHub"]["authenticator_class"] = "dummy"
         cfg.setdefault("DummyAuthenticator", {})["password"] = self.password
         path = self.workdir / "hub-config.json"
         path.write_text(json.dumps(cfg, indent=1))
