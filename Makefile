@@ -41,9 +41,10 @@ unit: venv toolchain  ## unit and integration tests (real processes, no cluster;
 	$(BIN)/notebookos crds --out crds --out charts/notebookos/crds --check
 	NOTEBOOKOS_K8S_BIN=$$(bash e2e/toolchain/build.sh) $(BIN)/pytest tests $(PYTEST_ARGS)
 
-toolchain:  ## build (or reuse) the real control plane and Karpenter's kwok provider for the e2e tier
+toolchain:  ## build (or reuse) the real control plane, Karpenter's kwok provider, and the hub test's proxy and Chromium
 	bash e2e/toolchain/build.sh
 	bash e2e/toolchain/karpenter.sh
+	bash e2e/toolchain/hub.sh
 
 # A whole control plane, Karpenter and dozens of processes share 2 cores here: a test that timed
 # out waiting (never one whose assertion failed) runs once more, and the summary counts the rerun.

@@ -156,7 +156,10 @@ class NotebookOSProvisioner(KernelProvisionerBase):
         kwargs = await super().pre_launch(**kwargs)
         # The kernel manager expects a command; NotebookOS never runs it locally.
         kwargs.setdefault("cmd", list(self.kernel_spec.argv))
-        self.namespace = self.namespace or default_namespace(self.kubeconfig or None)
+        # KERNEL_NAMESPACE (Enterprise Gateway's name), set per user by the hub (KubeSpawner's
+        # environment), beats the kernelspec's namespace: one kernel namespace per user.
+        env = {**os.environ, **(kwargs.get("env") or {})}
+        self.namespace = env.get("KERNEL_NAMESPACE") or self.namespace or default_namespace(self.kubeconfig or None)
         return dict(kwargs)
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
@@ -267,6 +270,12 @@ class NotebookOSProvisioner(KernelProvisionerBase):
         # Interrupts go over the control channel (interrupt_mode "message"); only a kill ends the kernel.
         if signum == signal.SIGKILL:
             await self.kill()
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        # Delete at once rather than after the kernel manager's wait for a process that does not
+        # exit (the replicas live on until deleted): a server stopped with a short grace period
+        # (KubeSpawner's delete_grace_period) would otherwise be killed before its kernels go.
+        await asyncio.to_thread(self._delete)
 
     async def kill(self, restart: bool = False) -> None:
         await asyncio.to_thread(self._delete)

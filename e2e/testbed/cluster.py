@@ -28,7 +28,9 @@ from .pki import Pki, make_pki
 from .wait import until
 
 REPO = Path(__file__).resolve().parents[2]
-POD_CIDR = "127.10.0.0/16"  # inside loopback, so processes can bind their pod IP
+# Inside loopback, so processes can bind their pod IP. Two test beds on one machine need two
+# ranges (pod IPs and ports would collide): NOTEBOOKOS_POD_CIDR, e.g. 127.20.0.0/16.
+POD_CIDR = os.environ.get("NOTEBOOKOS_POD_CIDR") or "127.10.0.0/16"
 K8S_VERSION_HINT = "v1.36"
 
 

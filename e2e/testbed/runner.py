@@ -1,20 +1,24 @@
 """The process runner: kwok runs no containers, so this starts this project's pods as local processes.
 
 Only pods labelled ``notebookos.io/runner=process`` and bound to a kwok node are run. Each gets its
-first container's command and args ($(VAR) expanded as the kubelet does), its environment with
-values from Secrets, ConfigMaps and the downward API, ``POD_IP`` (a loopback address from kwok's
-pod CIDR, so the process can bind it), a service-account folder with a token bound to the pod
-(environment values naming the kubelet's service-account mount path, such as the kernel pods'
-``NOTEBOOKOS_SERVICE_ACCOUNT_DIR``, are rewritten to point there)
-and the API server's address. Paths under emptyDir mounts are remapped to
-a private folder per pod. The process is stopped when the pod is deleted; when it exits on its own,
-the pod is reported Failed. Test-only and deliberately small.
+first container's command and args ($(VAR) expanded as the kubelet does; ``python`` and the
+environment's console scripts are the project's virtual environment), its environment with values
+from Secrets, ConfigMaps and the downward API, ``POD_IP`` (a loopback address from kwok's pod CIDR,
+so the process can bind it), the API server's address, and a service-account folder beside the
+pod's own with a token bound to the pod and a kubeconfig naming it (``$KUBECONFIG``: client
+libraries cannot find the kubelet's fixed path here; environment values naming that path, such as
+the kernel pods' ``NOTEBOOKOS_SERVICE_ACCOUNT_DIR``, are rewritten to point there). Paths under
+emptyDir mounts are remapped to a private folder per pod. The process is stopped when the pod is
+deleted (a pod annotated ``notebookos.io/runner-graceful-stop: "true"`` is kept, by a finalizer,
+until its process is gone); when it exits on its own, the pod is reported Failed. Test-only and
+deliberately small.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -35,6 +39,11 @@ from notebookos import labels
 from .cluster import Cluster
 
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+# kwok removes a deleted pod at once, which invalidates its bound token while the process may still
+# need it to stop (a Jupyter server deleting its kernels). A pod annotated so keeps this finalizer,
+# as a kubelet keeps the pod until its containers have stopped, and loses it when its process is gone.
+GRACEFUL_ANNOTATION = "notebookos.io/runner-graceful-stop"
+FINALIZER = "notebookos.io/process-runner"
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -93,6 +102,21 @@ class ProcessRunner:
         self._thread.join(10)
         for uid in list(self.running):
             self._terminate(uid)
+        with contextlib.suppress(ApiException):
+            for pod in self.core.list_pod_for_all_namespaces(
+                label_selector=f"{labels.RUNNER_LABEL}={labels.RUNNER_VALUE}"
+            ).items:
+                self._release(pod)
+
+    def _release(self, pod: Any) -> None:
+        """Drop the graceful-stop finalizer: the pod's process is gone."""
+        finalizers = list(pod.metadata.finalizers or [])
+        if FINALIZER in finalizers:
+            finalizers.remove(FINALIZER)
+            with contextlib.suppress(ApiException):
+                self.core.patch_namespaced_pod(
+                    pod.metadata.name, pod.metadata.namespace, {"metadata": {"finalizers": finalizers or None}}
+                )
 
     # ------------------------------------------------------------------------------------------
 
@@ -113,6 +137,9 @@ class ProcessRunner:
             pod = live.get(uid)
             if pod is None or pod.metadata.deletion_timestamp is not None:
                 self._terminate(uid)
+        for pod in live.values():
+            if pod.metadata.deletion_timestamp is not None and pod.metadata.uid not in self.running:
+                self._release(pod)
         for uid, run in list(self.running.items()):
             code = run.proc.poll()
             if code is not None:
@@ -214,9 +241,16 @@ class ProcessRunner:
             raise ValueError(f"unsupported fieldRef {path}")
         return str(simple[path] or "")
 
+    @staticmethod
+    def service_account_dir(workdir: Path) -> Path:
+        """Where a pod's token, CA, namespace and kubeconfig are (its kubelet mount, here)."""
+        return workdir.with_name(workdir.name + ".serviceaccount")
+
     def _service_account_dir(self, pod: Any, workdir: Path) -> Path:
-        sa_dir = workdir / "serviceaccount"
-        sa_dir.mkdir(parents=True, exist_ok=True)
+        # Beside the pod's folder, not in it: the folder is the process's HOME and working directory
+        # (a Jupyter server's file browser), where a container has no token either.
+        sa_dir = self.service_account_dir(workdir)
+        sa_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         sa = pod.spec.service_account_name or "default"
         if pod.spec.automount_service_account_token is not False:
             req = client.AuthenticationV1TokenRequest(
@@ -232,6 +266,19 @@ class ProcessRunner:
             (sa_dir / "token").write_text(token.status.token)
         shutil.copy(self.cluster.pki.ca_cert, sa_dir / "ca.crt")
         (sa_dir / "namespace").write_text(pod.metadata.namespace)
+        # Client libraries find the in-cluster config at the kubelet's fixed path, which a local
+        # process cannot have: the same token, CA and namespace as a kubeconfig ($KUBECONFIG).
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "pod", "cluster": {"server": self.cluster.server,
+                                                     "certificate-authority": str(sa_dir / "ca.crt")}}],
+            "users": [{"name": "pod", "user": {"tokenFile": str(sa_dir / "token")}}],
+            "contexts": [{"name": "pod", "context": {"cluster": "pod", "user": "pod",
+                                                     "namespace": pod.metadata.namespace}}],
+            "current-context": "pod",
+        }  # fmt: skip
+        (sa_dir / "kubeconfig").write_text(json.dumps(cfg))
         return sa_dir
 
     def _start(self, pod: Any) -> None:
@@ -255,12 +302,19 @@ class ProcessRunner:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if (sa_dir / "token").exists():
+            env.setdefault("KUBECONFIG", str(sa_dir / "kubeconfig"))
         container = pod.spec.containers[0]
         argv = [expand(a, env) for a in [*(container.command or []), *(container.args or [])]]
         if not argv:
             raise ValueError("the container has no command: the runner cannot know what the image would run")
+        # The project's environment stands in for the image's: its python, and its console
+        # scripts (jupyterhub-singleuser in a KubeSpawner pod).
+        venv_bin = Path(sys.executable).parent
         if argv[0] in ("python", "python3"):
-            argv[0] = sys.executable  # the project's environment stands in for the image's
+            argv[0] = sys.executable
+        elif "/" not in argv[0] and (venv_bin / argv[0]).exists():
+            argv[0] = str(venv_bin / argv[0])
         log = self.cluster.logs_dir / f"pod-{ns}-{name}-{uid[:8]}.log"
         with log.open("ab") as fh:
             proc = subprocess.Popen(
@@ -268,6 +322,10 @@ class ProcessRunner:
             )
         self.running[uid] = Running(uid, ns, name, proc, workdir, log)
         self.waiting.pop(uid, None)
+        if (pod.metadata.annotations or {}).get(GRACEFUL_ANNOTATION) == "true":
+            finalizers = [*(pod.metadata.finalizers or []), FINALIZER]
+            with contextlib.suppress(ApiException):  # already gone: nothing to hold
+                self.core.patch_namespaced_pod(name, ns, {"metadata": {"finalizers": finalizers}})
 
     def _terminate(self, uid: str) -> None:
         run = self.running.pop(uid, None)

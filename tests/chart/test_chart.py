@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.testbed.cluster import toolchain_dir
 from notebookos import labels
 from notebookos.extender import broker_main, extender_main, node_agent_main
 from notebookos.extender.scheduler_config import render as render_scheduler_config
@@ -22,13 +21,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "notebookos"
 NS = "notebookos-system"
 ALL_ON = ["--set", "jupyterhub.enabled=true"]
-
-
-@pytest.fixture(scope="session")
-def helm() -> str:
-    path = toolchain_dir() / "bin" / "helm"
-    assert path.exists(), f"{path} missing: run `make toolchain` (e2e/toolchain/build.sh builds helm)"
-    return str(path)
 
 
 def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:

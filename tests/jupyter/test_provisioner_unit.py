@@ -144,3 +144,22 @@ def test_kernelspec_config_becomes_provisioner_traits() -> None:
     assert prov._cfg() == {"idleTimeout": "1h", "gpus": 2, "cpu": 4, "memory": "16Gi", "gpuMemory": "40Gi"}
     manifest = build_kernel("k", "team", prov._cfg(), {}, "k1")
     assert manifest["spec"]["resources"] == {"gpus": 2, "cpu": 4, "memory": "16Gi", "gpuMemory": "40Gi"}
+
+
+@pytest.mark.parametrize(
+    ("spec_ns", "env", "expected"),
+    [("team", {"KERNEL_NAMESPACE": "notebookos-kernels-alice"}, "notebookos-kernels-alice"), ("team", {}, "team")],
+)
+async def test_kernel_namespace_from_the_hub_beats_the_kernelspec(
+    spec_ns: str, env: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KubeSpawner sets KERNEL_NAMESPACE per user (docs/helm.md); the kernelspec's is the fallback."""
+    from jupyter_client.kernelspec import KernelSpec
+
+    from notebookos.provisioner import NotebookOSProvisioner
+
+    monkeypatch.delenv("KERNEL_NAMESPACE", raising=False)
+    spec = KernelSpec(argv=["python"], metadata={"kernel_provisioner": {"config": {"namespace": spec_ns}}})
+    prov = NotebookOSProvisioner(kernel_id="k1", kernel_spec=spec, parent=None, namespace=spec_ns)
+    await prov.pre_launch(env=env)
+    assert prov.namespace == expected
