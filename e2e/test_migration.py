@@ -69,7 +69,7 @@ def test_a_cell_waits_while_a_replica_moves_to_free_gpus_then_runs_there(
     try:
         kc.execute_interactive("state = list(range(10))", timeout=60)
         for node in before.values():  # the kernel's three nodes lose their GPUs
-            set_gpu_health(cluster, node, False)
+            set_gpu_health(cluster, node, False, stack.broker_url)
         t0 = time.monotonic()
         msg_id = kc.execute("import os\nprint(os.environ['NOTEBOOKOS_NODE'], NOTEBOOKOS_GPU_UUIDS)\nstate.append(10)")
         reply = kc.get_shell_msg(timeout=240)
@@ -210,7 +210,7 @@ def test_the_operator_killed_mid_move_finishes_it_with_no_duplicate_pod_and_no_l
     try:
         kc.execute_interactive("kept = [1, 2, 3]", timeout=60)
         for node in before.values():
-            set_gpu_health(cluster, node, False)
+            set_gpu_health(cluster, node, False, stack.broker_url)
         msg_id = kc.execute("kept.append(4)")
 
         def marked(r: dict[str, Any]) -> int | None:

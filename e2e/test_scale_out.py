@@ -67,7 +67,7 @@ def test_no_node_has_room_so_a_gpu_node_is_added_and_the_waiting_cell_runs_on_it
     try:
         kc.execute_interactive("kept = 'before the move'", timeout=60)
         for node in before.values():
-            set_gpu_health(cluster, node, False)
+            set_gpu_health(cluster, node, False, stack[0].broker_url)
         t0 = time.monotonic()
         msg_id = kc.execute("import os\nprint(os.environ['NOTEBOOKOS_NODE'])")
         # The operator asks for a node: a capacity request that must not land on the kernel's nodes.
@@ -115,7 +115,7 @@ def test_when_load_goes_the_operator_empties_the_added_node_and_karpenter_remove
         kc.execute_interactive("kept = {'a': 1}", timeout=60)
         # First grow: the kernel's nodes have no GPU free, a node is added, a replica moves there.
         for node in before.values():
-            set_gpu_health(cluster, node, False)
+            set_gpu_health(cluster, node, False, stack[0].broker_url)
         r = kc.execute_interactive("kept['b'] = 2", timeout=300)
         assert r["content"]["status"] == "ok", r["content"]
         for node in before.values():

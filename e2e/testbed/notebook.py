@@ -4,6 +4,7 @@ a Jupyter client through its status and Secret, and change what a GPU node's age
 from __future__ import annotations
 
 import json
+import urllib.request
 from typing import Any
 
 from jupyter_client import BlockingKernelClient
@@ -71,11 +72,32 @@ def client_for(cluster: Cluster, ns: str, name: str) -> BlockingKernelClient:
     return until(connected, 120, "the router to answer kernel_info", interval=1.0)
 
 
-def set_gpu_health(cluster: Cluster, node: str, healthy: bool) -> None:
-    """What the node agent publishes when a node's GPUs fail (or recover): the inventory annotation."""
+def set_gpu_health(cluster: Cluster, node: str, healthy: bool, broker_url: str | None = None) -> None:
+    """What the node agent publishes when a node's GPUs fail (or recover): the inventory annotation.
+    With `broker_url`, return once the GPU broker has seen it (its per-node idle GPUs on /metrics):
+    the broker learns it from a watch, and a cell sent before then would still be granted GPUs."""
     core = cluster.core()
     annotations = core.read_node(node).metadata.annotations or {}
     inventory = json.loads(annotations[labels.GPU_INVENTORY_ANNOTATION])
     for device in inventory:
         device["healthy"] = healthy
     core.patch_node(node, {"metadata": {"annotations": {labels.GPU_INVENTORY_ANNOTATION: json.dumps(inventory)}}})
+    if broker_url is not None:
+        seen = (lambda idle: idle > 0) if healthy else (lambda idle: idle == 0)
+        until(
+            lambda: seen(broker_idle_gpus(broker_url, node)), 30, f"the broker to see {node}'s GPUs healthy={healthy}"
+        )
+
+
+def broker_idle_gpus(broker_url: str, node: str) -> float:
+    """The GPU broker's count of idle healthy GPUs on `node` (its Prometheus gauge)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{broker_url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "notebookos_node_idle_gpus":
+            for sample in family.samples:
+                if sample.labels.get("node") == node:
+                    return float(sample.value)
+    return -1.0
