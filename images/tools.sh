@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The OCI tools `make images` needs, from Debian's packages when missing: buildah builds, podman
+# runs the smoke tests' containers, mmdebstrap makes the base (images/base.sh). Idempotent.
+set -euo pipefail
+log() { echo "[images/tools] $*" >&2; }
+
+missing=()
+for tool in buildah podman mmdebstrap; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+  log "apt-get install ${missing[*]}"
+  sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
