@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The OCI tools `make images` needs, from Debian's packages when missing: buildah builds, podman
-# runs the smoke tests' containers, mmdebstrap makes the base (images/base.sh). Idempotent.
+# runs the smoke tests' containers (with runc: crun refuses cgroup v1 hosts such as CI's),
+# mmdebstrap makes the base (images/base.sh). Idempotent.
 set -euo pipefail
 log() { echo "[images/tools] $*" >&2; }
 
 missing=()
-for tool in buildah podman mmdebstrap; do
+for tool in buildah podman mmdebstrap runc; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]})); then
