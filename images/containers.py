@@ -34,17 +34,25 @@ def engine() -> list[str]:
     return flags
 
 
-def run_args(ref: str, scratch: Path | None, *command: str, name: str | None = None) -> list[str]:
-    """`run` of ref as the pods run it; scratch (a host folder, owned by UID) is /tmp, else a tmpfs."""
+def run_args(
+    ref: str,
+    *command: str,
+    scratch: Path | None = None,
+    name: str | None = None,
+    entrypoint: str | None = None,
+    user: bool = True,
+) -> list[str]:
+    """`run` of ref as the pods run it. scratch (a host folder owned by UID) is /tmp, else a tmpfs;
+    user=False leaves the user to the image (to check the image's own USER)."""
     tmp = ["-v", f"{scratch}:/tmp"] if scratch else ["--tmpfs", "/tmp:rw,size=256m"]
     return [
         *engine(),
         "run",
         "--rm",
         *(["--name", name] if name else []),
+        *(["--entrypoint", entrypoint] if entrypoint else []),
         "--read-only",
-        "--user",
-        f"{UID}:{UID}",
+        *(["--user", f"{UID}:{UID}"] if user else []),
         "--cap-drop",
         "ALL",
         "--security-opt",

@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jupyter_client import BlockingKernelClient
@@ -18,8 +19,8 @@ from images.containers import UID, engine, image, run_args
 from notebookos.kernel.local import run, text_of
 
 
-def run_container(ref: str, *command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(run_args(ref, None, *command), capture_output=True, text=True, timeout=timeout, check=False)
+def run_container(ref: str, *command: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(run_args(ref, *command, **kwargs), capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.mark.parametrize(
@@ -38,6 +39,19 @@ def test_entrypoint_help(name: str, module: str, prog: str) -> None:
     assert proc.stdout.startswith(f"usage: {prog}"), proc.stdout
 
 
+def test_control_image_imports_what_the_components_use() -> None:
+    # Every module of the components, and the Kubernetes clients they use (the image leaves out
+    # kubernetes.aio, which none of them imports).
+    modules = [
+        "notebookos.operator.__main__", "notebookos.extender.extender_main", "notebookos.extender.broker_main",
+        "notebookos.provisioner", "notebookos.kube", "kubernetes.client", "kubernetes.config", "kubernetes.watch",
+    ]  # fmt: skip
+    code = f"import importlib; [importlib.import_module(m) for m in {modules!r}]; print('ok')"
+    proc = run_container(image("control"), "-c", code, entrypoint="python")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
 @pytest.mark.parametrize("name", ["control", "kernel"])
 def test_non_root_read_only(name: str) -> None:
     # The image's own user (no --user needed in a pod's securityContext) and a root filesystem no
@@ -47,11 +61,7 @@ def test_non_root_read_only(name: str) -> None:
         "print(os.getuid(), os.getgid(), os.environ['HOME'])\n"
         "try:\n    pathlib.Path('/opt/notebookos/x').write_text('x')\nexcept OSError as e:\n    print(e.errno)\n"
     )
-    proc = subprocess.run(
-        [*engine(), "run", "--rm", "--read-only", "--tmpfs", "/tmp", "--ulimit", "nofile=1024:20000",
-         "--ulimit", "nproc=4096:4096", "--entrypoint", "python", image(name), "-c", code],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    proc = run_container(image(name), "-c", code, entrypoint="python", user=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(UID), str(UID), "/tmp", "30"], proc.stdout  # 30: EROFS
 
@@ -65,7 +75,7 @@ def kernel_in_container(tmp_path: Path) -> Iterator[Path]:
     os.chown(scratch, UID, UID)
     name = f"nbos-smoke-{os.getpid()}"
     proc = subprocess.Popen(
-        run_args(image("kernel"), scratch, "notebookos.kernel.local", name=name),
+        run_args(image("kernel"), "notebookos.kernel.local", scratch=scratch, name=name),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
