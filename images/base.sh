@@ -5,7 +5,9 @@
 # (>=3.11), ruff's and mypy's target (py311) and CI's interpreter name; trixie's 3.13 is untested.
 #
 # A minimal Debian (minbase) with python3 and CA certificates, no apt lists, docs or man pages;
-# the standard library keeps its compiled .pyc files (the root filesystem is read-only at run time).
+# no recommended packages; /usr merged by mmdebstrap's merged-usr hook, not the usrmerge package
+# (which brings in the whole of perl, about 50 MB); the standard library keeps its compiled .pyc
+# files (the root filesystem is read-only at run time).
 # The unprivileged user the images run as (uid/gid 1000, home /tmp: the only writable mount) is
 # written here, so the images' runtime stages need no RUN step.
 # Both the build stage and the runtime stage of images/*.Containerfile start from it, so the
@@ -28,7 +30,8 @@ if [[ ! -f $OUT ]]; then
   # Reproducible file times; docs, man pages and locales are left out by dpkg itself.
   SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(date -d 2025-01-01 +%s)} mmdebstrap \
     --variant=minbase --arch="$ARCH" --mode=root --format=tar \
-    --include=python3,ca-certificates \
+    --include=python3,ca-certificates --aptopt='APT::Install-Recommends "false"' \
+    --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/info/*' \
@@ -37,5 +40,7 @@ if [[ ! -f $OUT ]]; then
     --customize-hook='echo "notebookos:x:1000:" >> "$1"/etc/group' \
     "$SUITE" "$OUT.part" "$MIRROR" >&2
   mv "$OUT.part" "$OUT"
+  # Bases of earlier versions of this script or other mirrors: not used again.
+  find "$(dirname "$OUT")" -maxdepth 1 -name "base-$SUITE-$ARCH-*.tar" ! -name "$(basename "$OUT")" -delete
 fi
 echo "$OUT"

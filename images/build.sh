@@ -57,6 +57,11 @@ if ! has_image "$base"; then
       buildah commit --quiet --rm "$ctr" "$base" >/dev/null ;;
   esac
 fi
+# Bases of earlier versions of base.sh: the builder's layer cache keeps them alive otherwise.
+if [[ $builder != docker ]]; then
+  "$builder" images --format '{{.Repository}}:{{.Tag}}' | grep '^localhost/notebookos/base:' | grep -vxF "$base" \
+    | xargs -r "$builder" rmi >/dev/null 2>&1 || true
+fi
 
 # --- wheels ----------------------------------------------------------------------------------------
 # context/<image>/{pip,deps,project}: pip's own wheel (run from the wheel, never installed), the
