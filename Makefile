@@ -27,9 +27,10 @@ $(VENV)/.linked: $(VENV)/.deps $(SOURCES)
 
 venv: $(VENV)/.linked  ## create or refresh the virtual environment
 
-lint: venv  ## ruff (lint and format check)
+lint: venv  ## ruff (lint and format check), actionlint over the workflows
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$$(bash tools/actionlint.sh) .github/workflows/*.yml
 
 typecheck: venv  ## mypy over the package
 	$(BIN)/mypy -p notebookos

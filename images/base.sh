@@ -27,7 +27,9 @@ log() { echo "[images/base] $*" >&2; }
 if [[ ! -f $OUT ]]; then
   log "mmdebstrap $SUITE ($ARCH) from $MIRROR into $OUT"
   mkdir -p "$(dirname "$OUT")"
-  # Reproducible file times; docs, man pages and locales are left out by dpkg itself.
+  # Reproducible file times; docs, man pages and locales are left out by dpkg itself. The hooks'
+  # "$1" (the new root) is mmdebstrap's to expand, hence the single quotes.
+  # shellcheck disable=SC2016
   SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(date -d 2025-01-01 +%s)} mmdebstrap \
     --variant=minbase --arch="$ARCH" --mode=root --format=tar \
     --include=python3,ca-certificates --aptopt='APT::Install-Recommends "false"' \

@@ -101,7 +101,7 @@ build() {  # image, context, build args...
   shift 2
   ref=$(bash images/names.sh "$image")
   log "building $ref"
-  local args=(-f images/$image.Containerfile -t "$ref" --build-arg "BASE=$base"
+  local args=(-f "images/$image.Containerfile" -t "$ref" --build-arg "BASE=$base"
     --build-arg "VERSION=${ref##*:}" "$@" "$ctx")
   local start=$SECONDS
   case $builder in

@@ -9,6 +9,8 @@ missing=()
 for tool in buildah podman mmdebstrap runc; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
+# mmdebstrap checks bookworm's signatures with Debian's keyring (not on Ubuntu runners by default).
+[[ -f /usr/share/keyrings/debian-archive-keyring.gpg ]] || missing+=(debian-archive-keyring)
 if ((${#missing[@]})); then
   log "apt-get install ${missing[*]}"
   sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
