@@ -59,7 +59,9 @@ if ! has_image "$base"; then
 fi
 # Bases of earlier versions of base.sh: the builder's layer cache keeps them alive otherwise.
 if [[ $builder != docker ]]; then
-  "$builder" images --format '{{.Repository}}:{{.Tag}}' | grep '^localhost/notebookos/base:' | grep -vxF "$base" \
+  name_format='{{.Repository}}:{{.Tag}}'
+  [[ $builder == podman ]] || name_format='{{.Name}}:{{.Tag}}'
+  "$builder" images --format "$name_format" | grep '^localhost/notebookos/base:' | grep -vxF "$base" \
     | xargs -r "$builder" rmi >/dev/null 2>&1 || true
 fi
 
@@ -117,9 +119,8 @@ build kernel "$(wheels kernel '.[kernel]' numpy pandas "${torch_args[@]}")"
 for image in control kernel; do
   ref=$(bash images/names.sh "$image")
   case $builder in
-    docker) size=$(docker image inspect -f '{{.Size}}' "$ref") ;;
-    *) size=$("$builder" image inspect --format '{{.Size}}' "$ref" 2>/dev/null \
-         || "$builder" images --format '{{.Size}}' "$ref" | head -1) ;;
+    docker) size=$(docker image ls --format '{{.Size}}' "$ref") ;;
+    *) size=$("$builder" images --format '{{.Size}}' "$ref" | head -1) ;;
   esac
-  log "$ref: $((size / 1000000)) MB"
+  log "$ref: $size"
 done
