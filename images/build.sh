@@ -68,10 +68,12 @@ fi
 # --- wheels ----------------------------------------------------------------------------------------
 # context/<image>/{pip,deps,project}: pip's own wheel (run from the wheel, never installed), the
 # dependencies (one layer, cached) and the project (rebuilt every time, a small layer).
-deps_key=$(cat pyproject.toml <(echo "$TORCH $TORCH_INDEX_URL") | sha256sum | cut -c1-12)
 wheels() {  # image, requirements...
-  local image=$1 dir=$CACHE_ROOT/images/wheels-$1-$deps_key
+  # Keyed by pyproject.toml and the requirements: TORCH changes the kernel's wheels only.
+  local image=$1 key dir
   shift
+  key=$(cat pyproject.toml <(echo "$@") | sha256sum | cut -c1-12)
+  dir=$CACHE_ROOT/images/wheels-$image-$key
   if [[ ! -f $dir/.complete ]]; then
     log "building the $image image's dependency wheels into $dir"
     rm -rf "$dir" && mkdir -p "$dir/pip" "$dir/deps"
