@@ -81,6 +81,8 @@ wheels() {  # image, requirements...
     "$PY" -m pip wheel -q -w "$dir/deps" "$@" >&2
     rm -f "$dir"/deps/notebookos-*.whl
     touch "$dir/.complete"
+    # Wheels for an earlier pyproject.toml: not used again.
+    find "$CACHE_ROOT/images" -maxdepth 1 -name "wheels-$image-*" ! -name "wheels-$image-$key" -exec rm -rf {} +
   fi
   local ctx=$CACHE_ROOT/images/context/$image
   rm -rf "$ctx" && mkdir -p "$ctx/project"
