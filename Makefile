@@ -34,6 +34,7 @@ lint: venv  ## ruff (lint and format check), actionlint over the workflows
 
 typecheck: venv  ## mypy over the package
 	$(BIN)/mypy -p notebookos
+	$(BIN)/mypy --explicit-package-bases images
 
 crds: venv  ## regenerate crds/ from the API models
 	$(BIN)/notebookos crds --out crds --out charts/notebookos/crds
