@@ -19,6 +19,7 @@ done
 if ((${#missing[@]})); then
   log "apt-get install ${missing[*]}"
   sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
+  $sudo apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
