@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SOURCES := $(shell find core operator scheduler_extender kernel_image -name '*.py' 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint typecheck crds unit e2e test bench up down toolchain clean
+.PHONY: help venv lint typecheck crds unit images e2e test bench up down toolchain clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -27,12 +27,14 @@ $(VENV)/.linked: $(VENV)/.deps $(SOURCES)
 
 venv: $(VENV)/.linked  ## create or refresh the virtual environment
 
-lint: venv  ## ruff (lint and format check)
+lint: venv  ## ruff (lint and format check), actionlint over the workflows
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$$(bash tools/actionlint.sh) .github/workflows/*.yml
 
 typecheck: venv  ## mypy over the package
 	$(BIN)/mypy -p notebookos
+	$(BIN)/mypy --explicit-package-bases images
 
 crds: venv  ## regenerate crds/ from the API models
 	$(BIN)/notebookos crds --out crds --out charts/notebookos/crds
@@ -54,7 +56,13 @@ e2e: venv toolchain  ## e2e tests against a real kube-apiserver, scheduler, cont
 	NOTEBOOKOS_K8S_BIN=$$(bash e2e/toolchain/build.sh) NOTEBOOKOS_KARPENTER_BIN=$$(bash e2e/toolchain/karpenter.sh) \
 		$(BIN)/pytest e2e $(E2E_RERUN) $(PYTEST_ARGS)
 
-test: lint typecheck unit e2e  ## every tier, lint included (what CI runs)
+# Names and tags from Chart.yaml (images/names.sh). Cold: mmdebstrap, wheels and both builds;
+# cached (~/.cache/notebookos/images and the builder's layers): tens of seconds. TORCH=torch==X adds torch.
+images: venv  ## build the control and kernel images (podman/buildah, Debian base made here), smoke-test them, run the kernel image on a real kubelet
+	bash images/build.sh
+	NOTEBOOKOS_KUBELET_BIN=$$(bash e2e/toolchain/kubelet.sh) $(BIN)/pytest images $(PYTEST_ARGS)
+
+test: lint typecheck unit images e2e  ## every tier, lint included (what CI runs)
 
 up: venv toolchain  ## set up and run NotebookOS locally (control plane, fake GPU nodes, operator, a kernel, a cell)
 	NOTEBOOKOS_K8S_BIN=$$(bash e2e/toolchain/build.sh) $(BIN)/python -m e2e.testbed.up start

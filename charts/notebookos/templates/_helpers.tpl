@@ -41,3 +41,18 @@ capabilities: {drop: [ALL]}
 {{- define "notebookos.gpuRuntimeClass" -}}
 {{ .Values.operator.runtimeClass | default .Values.gpuRuntimeClassName }}
 {{- end }}
+
+{{/* An image built from this repository: the component's value when set, else
+<images.registry>/<name>:<images.tag>, which default to Chart.yaml's notebookos.io/image-registry
+annotation and appVersion (images/names.sh reads the same two for `make images`).
+Call: include "notebookos.image" (list $ "control" .Values.operator.image) */}}
+{{- define "notebookos.image" -}}
+{{- $root := index . 0 -}}
+{{- $value := index . 2 -}}
+{{- if $value -}}
+{{ $value }}
+{{- else -}}
+{{- $registry := $root.Values.images.registry | default (index $root.Chart.Annotations "notebookos.io/image-registry") -}}
+{{ printf "%s/%s:%s" $registry (index . 1) ($root.Values.images.tag | default $root.Chart.AppVersion) }}
+{{- end -}}
+{{- end }}
