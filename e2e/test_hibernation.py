@@ -74,13 +74,17 @@ def _replica_pods(cluster: Cluster, ns: str, name: str) -> list[Any]:
 
 
 def _hibernated(cluster: Cluster, ns: str, name: str, timeout: float = 120) -> dict[str, Any]:
-    """Wait until the kernel is Hibernated with no replica pod left; its status."""
+    """Wait until the kernel is Hibernated with no replica pods or KernelReplicas left (deleting
+    them waits for the operator's finalizer); its status."""
     until(
-        lambda: _phase(cluster, ns, name) == "Hibernated" and not _replica_pods(cluster, ns, name),
+        lambda: (
+            _phase(cluster, ns, name) == "Hibernated"
+            and not _replica_pods(cluster, ns, name)
+            and not replicas_of(cluster, ns, name)
+        ),
         timeout,
-        f"{name} Hibernated with no replica pods",
+        f"{name} Hibernated with no replica pods or KernelReplicas",
     )
-    assert replicas_of(cluster, ns, name) == []
     return dict(kernel_obj(cluster, ns, name)["status"])
 
 

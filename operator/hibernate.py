@@ -207,11 +207,12 @@ class Hibernator:
         """The wake failed: its replicas go, the kernel stays hibernated with its checkpoint."""
         msg = f"the wake failed: {why}; the kernel stays hibernated with its state, the next request tries again"
         log.warning("kernel %s/%s: %s", kernel.metadata.namespace, kernel.metadata.name, msg)
-        self.remove_replicas(kernel)
+        # Hibernated once they are gone (their deletion waits for finalizers): asleep() says so.
+        left = self.remove_replicas(kernel)
         want = kernel.spec.replicas
         status = kernel.status.model_copy(
             update={
-                "phase": KernelPhase.HIBERNATED,
+                "phase": KernelPhase.HIBERNATING if left else KernelPhase.HIBERNATED,
                 "conditions": self._cond(kernel, ConditionStatus.TRUE, "WakeFailed", msg, now),
                 "replicas": 0,
                 "ready": f"0/{want}",

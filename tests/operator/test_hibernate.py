@@ -97,6 +97,8 @@ def test_a_request_wakes_it_from_its_checkpoint_and_a_failed_wake_is_rolled_back
         assert env["NOTEBOOKOS_RESTORE_URL"] == CHECKPOINT["url"]
     kube.merge("KernelReplica", NS, "k-2", {"status": {"restoreError": "the checkpoint s3://b/... is corrupt"}})
     rec.kernel(NS, "k")
+    assert _status(kube)["phase"] == "Hibernating"  # its replicas are being removed
+    rec.kernel(NS, "k")
     st = _status(kube)
     assert st["phase"] == "Hibernated" and st["checkpoint"]["id"] == "1-ab"
     assert _cond(kube)["reason"] == "WakeFailed" and "replica 2 could not restore" in _cond(kube)["message"]
