@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from jupyter_client import BlockingKernelClient
-from kubernetes import client
 
+from e2e.testbed.admission import allow_replicas, refusal, refuse_replicas
 from e2e.testbed.cluster import Cluster
 from e2e.testbed.notebook import G, V, client_for, condition, kernel_obj, replicas_of
 from e2e.testbed.stack import Stack
@@ -279,44 +278,6 @@ def test_a_corrupt_checkpoint_fails_the_wake_naming_it_and_keeps_the_rest(
         kc.stop_channels()
 
 
-def _refuse(cluster: Cluster, ns: str, operation: str) -> str:
-    """An admission policy refusing `operation` on KernelReplicas in `ns` (the operator's writes
-    fail until it is removed); its name."""
-    name = f"refuse-{operation.lower()}-{ns}"
-    vap = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": name},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                "resourceRules": [
-                    {"apiGroups": [G], "apiVersions": [V], "operations": [operation], "resources": ["kernelreplicas"]}
-                ]
-            },
-            "validations": [{"expression": "false", "message": f"e2e: {operation} refused for a while"}],
-        },
-    }
-    binding = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": name},
-        "spec": {
-            "policyName": name,
-            "validationActions": ["Deny"],
-            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}},
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([vap, binding]))
-    return name
-
-
-def _unrefuse(cluster: Cluster, name: str) -> None:
-    admission = client.AdmissionregistrationV1Api(cluster.api())
-    admission.delete_validating_admission_policy_binding(name)
-    admission.delete_validating_admission_policy(name)
-
-
 def _kill_operator(cluster: Cluster) -> None:
     os.killpg(cluster.procs["operator"].proc.pid, signal.SIGKILL)
     cluster.stop("operator")
@@ -329,29 +290,29 @@ def test_an_operator_restarted_mid_hibernation_and_mid_wake_finishes(
     try:
         assert _run(kc, "v = 'kept'")[0]["status"] == "ok"
         # Mid-hibernation: checkpointed and Hibernating, its replicas not removable yet.
-        policy = _refuse(cluster, namespace, "DELETE")
+        policy = refuse_replicas(cluster, namespace, "DELETE", "e2e: DELETE refused for a while")
         try:
-            until(lambda: "DELETE refused" in str(_try_delete_probe(cluster, namespace)), 30, "the policy in force")
+            until(lambda: "DELETE refused" in refusal(cluster, namespace, "DELETE"), 30, "the policy in force")
             _patch(cluster, namespace, "restart", {"suspend": True})
             until(lambda: _phase(cluster, namespace, "restart") == "Hibernating", 120, "Hibernating")
             assert len(replicas_of(cluster, namespace, "restart")) == 3
             _kill_operator(cluster)
         finally:
-            _unrefuse(cluster, policy)
+            allow_replicas(cluster, policy)
         checkpoint = kernel_obj(cluster, namespace, "restart")["status"]["checkpoint"]
         stack.start_operator()
         status = _hibernated(cluster, namespace, "restart")
         assert status["checkpoint"] == checkpoint  # the one taken before the restart
 
         # Mid-wake: Waking, its replicas not creatable yet.
-        policy = _refuse(cluster, namespace, "CREATE")
+        policy = refuse_replicas(cluster, namespace, "CREATE", "e2e: CREATE refused for a while")
         try:
-            until(lambda: "CREATE refused" in str(_try_create_probe(cluster, namespace)), 30, "the policy in force")
+            until(lambda: "CREATE refused" in refusal(cluster, namespace, "CREATE"), 30, "the policy in force")
             _patch(cluster, namespace, "restart", {"suspend": False})
             until(lambda: _phase(cluster, namespace, "restart") == "Waking", 60, "Waking")
             _kill_operator(cluster)
         finally:
-            _unrefuse(cluster, policy)
+            allow_replicas(cluster, policy)
         stack.start_operator()
         until(lambda: _phase(cluster, namespace, "restart") == "Ready", 180, "awake after the restart")
         assert len(replicas_of(cluster, namespace, "restart")) == 3
@@ -359,31 +320,3 @@ def test_an_operator_restarted_mid_hibernation_and_mid_wake_finishes(
         assert reply["status"] == "ok" and "kept" in out, out
     finally:
         kc.stop_channels()
-
-
-_PROBE = {"apiVersion": f"{G}/{V}", "kind": "KernelReplica", "metadata": {"name": "probe-1"},
-          "spec": {"kernelName": "probe", "replicaId": 1}}  # fmt: skip
-
-
-def _try_create_probe(cluster: Cluster, ns: str) -> str:
-    try:
-        client.CustomObjectsApi(cluster.api()).create_namespaced_custom_object(
-            G, V, ns, "kernelreplicas", _PROBE, dry_run="All"
-        )
-    except client.exceptions.ApiException as exc:
-        return str(exc.body)
-    return ""
-
-
-def _try_delete_probe(cluster: Cluster, ns: str) -> str:
-    api = client.CustomObjectsApi(cluster.api())
-    try:
-        api.create_namespaced_custom_object(G, V, ns, "kernelreplicas", _PROBE)
-    except client.exceptions.ApiException as exc:
-        if exc.status != 409:
-            raise
-    try:
-        api.delete_namespaced_custom_object(G, V, ns, "kernelreplicas", "probe-1", dry_run="All")
-    except client.exceptions.ApiException as exc:
-        return str(exc.body)
-    return ""

@@ -26,6 +26,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from e2e.testbed.admission import allow_replicas, refusal, refuse_replicas
 from e2e.testbed.cluster import Cluster, free_port
 from e2e.testbed.wait import until
 from notebookos import labels
@@ -446,54 +447,20 @@ def test_a_refused_reconcile_is_retried_with_no_other_event(bed: Bed, namespace:
     brings the operator back. kopf resumes watches without listing again, so without the timer the
     kernel would stay Pending until some unrelated event."""
     bed.resize_pool(3)
-    policy = f"refuse-replicas-{namespace}"
-    vap = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": policy},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                "resourceRules": [
-                    {"apiGroups": [G], "apiVersions": [V], "operations": ["CREATE"], "resources": ["kernelreplicas"]}
-                ]
-            },
-            "validations": [{"expression": "false", "message": "e2e: replicas refused for a while"}],
-        },
-    }
-    binding = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": policy},
-        "spec": {
-            "policyName": policy,
-            "validationActions": ["Deny"],
-            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}},
-        },
-    }
-    bed.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([vap, binding]))
-    admission = client.AdmissionregistrationV1Api(bed.cluster.api())
+    policy = refuse_replicas(bed.cluster, namespace, "CREATE", "e2e: replicas refused for a while")
     try:
-        # Policies take effect asynchronously: wait until the API server refuses a replica.
-        probe = {"apiVersion": f"{G}/{V}", "kind": "KernelReplica", "metadata": {"name": "probe-1"},
-                 "spec": {"kernelName": "probe", "replicaId": 1}}  # fmt: skip
-
-        def refused() -> bool:
-            try:
-                bed.custom.create_namespaced_custom_object(G, V, namespace, "kernelreplicas", probe, dry_run="All")
-            except client.exceptions.ApiException as exc:
-                return "replicas refused" in str(exc.body)
-            return False
-
-        until(refused, 30, "the admission policy to refuse KernelReplicas")
+        until(
+            lambda: "replicas refused" in refusal(bed.cluster, namespace, "CREATE"),
+            30,
+            "the admission policy to refuse KernelReplicas",
+        )
         bed.apply_minimal(namespace, "refused")
         log = bed.cluster.logs_dir / "operator.log"
         until(lambda: "replicas refused" in log.read_text(), 60, "the operator to be refused")
         assert bed.replicas(namespace, "refused") == []
         assert bed.kernel(namespace, "refused").get("status", {}).get("phase") != "Ready"
     finally:
-        admission.delete_validating_admission_policy_binding(policy)
-        admission.delete_validating_admission_policy(policy)
+        allow_replicas(bed.cluster, policy)
     generation = bed.kernel(namespace, "refused")["metadata"]["generation"]
     bed.wait_phase(namespace, "refused", "Ready", timeout=90 + 4 * RESYNC_SECONDS)
     assert bed.kernel(namespace, "refused")["metadata"]["generation"] == generation  # nobody touched it
