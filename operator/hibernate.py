@@ -33,7 +33,7 @@ from notebookos.policy.hibernation import size_text
 from . import builders, capacity, naming, router_control
 from . import status as st
 from .config import OperatorConfig
-from .kube import Kube, owned_by
+from .kube import Kube, Obj, owned_by
 
 log = logging.getLogger(__name__)
 
@@ -151,19 +151,21 @@ class Hibernator:
         """Delete the kernel's KernelReplicas (first, so nothing makes their pods again), then their
         pods; how many of either are left."""
         ns, name, uid = kernel.metadata.namespace or "", kernel.metadata.name or "", kernel.metadata.uid or ""
+        selector = naming.label_selector({labels.KERNEL_LABEL: name})
+        replicas = [r for r in self.kube.list_custom("KernelReplica", ns, selector) if owned_by(r, uid)]
+        pods = self.kube.list_pods(ns, naming.label_selector(naming.replica_selector(name)))
+        # A wake that could not place its replicas may have asked for nodes: no longer wanted.
+        asked = [p for p in self.kube.list_pods(ns, capacity.selector(name)) if owned_by(p, uid)]
+        if not (replicas or pods or asked):
+            return 0  # gone already: every later reconcile of a hibernated kernel writes nothing
         # The membership goes with them: the next replicas must not start with these addresses,
         # and the router learns theirs anew (an empty record: reconcile._repoint_router).
         self.kube.drop_configmap_key(ns, naming.peers_configmap_name(name), naming.PEERS_KEY)
         router = self.kube.get("Pod", ns, naming.router_pod_name(name))
         if router is not None and owned_by(router, uid):
             self.kube.patch_annotations("Pod", ns, naming.router_pod_name(name), {naming.ROUTER_MEMBERS_ANNOTATION: ""})
-        selector = naming.label_selector({labels.KERNEL_LABEL: name})
-        replicas = [r for r in self.kube.list_custom("KernelReplica", ns, selector) if owned_by(r, uid)]
         for r in replicas:
             self.kube.delete_custom("KernelReplica", ns, r["metadata"]["name"])
-        pods = self.kube.list_pods(ns, naming.label_selector(naming.replica_selector(name)))
-        # A wake that could not place its replicas may have asked for nodes: no longer wanted.
-        asked = [p for p in self.kube.list_pods(ns, capacity.selector(name)) if owned_by(p, uid)]
         for p in pods + asked:
             self.kube.delete_pod(ns, p["metadata"]["name"])
         return len(replicas) + len(pods)
@@ -240,10 +242,12 @@ class Hibernator:
 
     # ------------------------------------------------------------------------------ the router
 
-    def router_endpoint(self, kernel: NotebookKernel) -> tuple[str, int, bytes] | None:
-        """The live router's control address and the kernel's HMAC key (to sign requests)."""
+    def router_endpoint(self, kernel: NotebookKernel, pod: Obj | None = None) -> tuple[str, int, bytes] | None:
+        """The live router's control address and the kernel's HMAC key (to sign requests); `pod`:
+        the router pod if the caller has just read it."""
         ns, name = kernel.metadata.namespace or "", kernel.metadata.name or ""
-        pod = self.kube.get("Pod", ns, naming.router_pod_name(name))
+        if pod is None:
+            pod = self.kube.get("Pod", ns, naming.router_pod_name(name))
         ip = ((pod or {}).get("status") or {}).get("podIP")
         if pod is None or not ip or not st.pod_is_live(pod):
             return None

@@ -220,7 +220,10 @@ class Reconciler(Moves):
             return self.hibernator.waking(kernel, replicas, new, now)
         if decision.action == hibernation.HIBERNATE:
             out, event = self.hibernator.hibernate(kernel, new, decision.reason, now)
-            if out.phase != KernelPhase.HIBERNATING:
+            why = st.get_condition(out.conditions, ConditionType.HIBERNATED)
+            if out.phase != KernelPhase.HIBERNATING and (why is None or why.reason != "NoStore"):
+                # Busy, or the store failed: try again soon. With no store, nothing changes until
+                # the kernel's spec (an event) or the operator's configuration (a restart) does.
                 self._wake_up(hibernate.RETRY_SECONDS, ("hibernate", ns, name), again)
             return out, event
         if decision.due is not None:
@@ -229,8 +232,7 @@ class Reconciler(Moves):
 
     def _repoint_router(self, kernel: NotebookKernel, pod: Obj, made_for: str | None, members: str) -> bool:
         """Tell the live router the moved replicas' new addresses; False if it cannot be reached."""
-        ip = (pod.get("status") or {}).get("podIP")
-        if not ip or not st.pod_is_live(pod) or made_for is None:
+        if made_for is None:
             return False
         old, new = builders.parse_peers(made_for), builders.parse_peers(members)
         # No members recorded: the kernel hibernated (hibernate.py cleared them) and every replica
@@ -243,7 +245,7 @@ class Reconciler(Moves):
         moved: dict[int, tuple[str, str | None]] = {
             rid: (new[rid], None if fresh else f"{new[rid].rsplit(':', 1)[0]}:{self.cfg.raft_port}") for rid in changed
         }
-        endpoint = self.hibernator.router_endpoint(kernel)
+        endpoint = self.hibernator.router_endpoint(kernel, pod)  # its IP, if live; the key
         return endpoint is not None and router_control.update_peers(*endpoint, moved)
 
     def _children(self, kernel: NotebookKernel, owner: Obj) -> Obj | None:
