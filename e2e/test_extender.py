@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pykube
 import pytest
 import requests
 from kubernetes import client
@@ -32,8 +31,6 @@ from e2e.testbed.wait import until
 from notebookos import labels
 from notebookos.extender.binding_store import KubeBindingStore
 from notebookos.extender.cluster_state import binding_from_replica, pod_entry_from_object
-from notebookos.extender.node_agent import NodeAgent
-from notebookos.extender.nvml import FakeNvml
 from notebookos.extender.scheduler_config import extender_entry
 from notebookos.policy.ledger import Grant
 from notebookos.policy.placement import SubscriptionRatio
@@ -463,20 +460,43 @@ def test_node_agent_publishes_inventory_and_audits(cluster: Cluster) -> None:
         inv = json.loads(core.read_node(node).metadata.annotations[labels.GPU_INVENTORY_ANNOTATION])
         assert [d["uuid"] for d in inv] == [f"GPU-fake-{node}-{i}" for i in range(3)]
 
-        # audit in-process with the same pykube client the agent uses: a process on an ungranted GPU
-        nv = FakeNvml.uniform(3, node=node)
-        nv.procs = {nv.gpus[1].uuid: [4242]}
-        api = pykube.HTTPClient(pykube.KubeConfig.from_file(str(cluster.kubeconfig)))
-        agent = NodeAgent(api, node, nv)
-        assert [v.device for v in agent.audit_once()] == [nv.gpus[1].uuid]
-        assert agent.audit_once() == []  # reported once per violation
+        # The audit, as the DaemonSet runs it: a process on a GPU that no grant covers gives one
+        # Warning event on the node and one count in the agent's metrics, however many audits see it.
+        devices = [{"uuid": f"GPU-{node}-{i}", "memoryMiB": 81559} for i in range(3)]
+        devices[1]["pids"] = [4242]
+        port = free_port()
+        agent = [
+            PY,
+            "-m",
+            "notebookos.extender.node_agent_main",
+            f"--node={node}",
+            f"--nvml=fake:{json.dumps(devices)}",
+        ]
+        cluster.spawn(AGENT, [*agent, "--interval=0.5", f"--metrics-port={port}"])
+
+        def metric(name: str) -> dict[str, float]:
+            try:
+                text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            except requests.ConnectionError:
+                return {}
+            return {
+                line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line.startswith(name)
+            }
+
+        until(lambda: metric("notebookos_gpu_audits_total").get("notebookos_gpu_audits_total", 0) >= 3, 60, "3 audits")
+        assert metric("notebookos_gpu_audit_violations_total") == {
+            f'notebookos_gpu_audit_violations_total{{device="GPU-{node}-1",reason="GPUUsedWithoutGrant"}}': 1.0
+        }
+        ungranted = metric("notebookos_gpu_ungranted_processes")
+        assert ungranted[f'notebookos_gpu_ungranted_processes{{device="GPU-{node}-1"}}'] == 1.0
+        assert ungranted[f'notebookos_gpu_ungranted_processes{{device="GPU-{node}-0"}}'] == 0.0
 
         def event() -> Any:
             evs = core.list_namespaced_event("default", field_selector=f"involvedObject.name={node}").items
             return [e for e in evs if e.reason == "GPUUsedWithoutGrant"]
 
         [ev] = until(event, 30, "the audit event on the node")
-        assert "4242" in ev.message and ev.type == "Warning"
+        assert "4242" in ev.message and f"GPU-{node}-1" in ev.message and ev.type == "Warning"
     finally:
         cluster.stop(AGENT)
         cluster.delete_nodes([node])

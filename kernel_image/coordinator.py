@@ -333,6 +333,7 @@ class Coordinator:
             finally:
                 if devices or "torch" in sys.modules:
                     gpu.offload(ns, list(ns))
+                gpu.withdraw()
                 await self.release(ex)
         ex.outcome = await self.sync(ex, code, ran)
         if ex.outcome != c.OK:

@@ -3,7 +3,8 @@
 * publishes the node's GPU inventory (index, UUID, memory, model, health) to the node annotation
   ``notebookos.io/gpu-inventory``, where the extender and the broker read it;
 * audits which processes use which GPU against the broker's grants, and records a Warning event on
-  the node for every device used without a grant (once per distinct violation).
+  the node for every device used without a grant (once per distinct violation), and counts it in
+  its metrics (``AuditMetrics``, served on ``--metrics-port``).
 
 ``audit`` is pure; ``NodeAgent`` does the I/O.
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 import pykube
 import requests
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from notebookos.labels import GPU_INVENTORY_ANNOTATION
 
@@ -58,6 +60,42 @@ def audit(node: str, processes: Mapping[str, Sequence[int]], grants: Sequence[Ma
     return out
 
 
+class AuditMetrics:
+    """What the audit found, for alerting: a counter of violations (each reported once, as its
+    Event) and a gauge of the processes using a GPU outside any grant at the last audit."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.violations = Counter(
+            "notebookos_gpu_audit_violations",
+            "GPU uses outside any broker grant, each counted once (as its Warning event)",
+            ["reason", "device"],
+            registry=self.registry,
+        )
+        self.ungranted = Gauge(
+            "notebookos_gpu_ungranted_processes",
+            "Processes using a GPU that no live grant covers, at the last audit",
+            ["device"],
+            registry=self.registry,
+        )
+        self.audits = Counter("notebookos_gpu_audits", "Audits run", registry=self.registry)
+        self.failures = Counter(
+            "notebookos_gpu_audit_failures",
+            "Audits that could not run (NVML, broker or API errors)",
+            registry=self.registry,
+        )
+
+    def observe(
+        self, processes: Mapping[str, Sequence[int]], violations: Sequence[Violation], new: Sequence[Violation]
+    ) -> None:
+        self.audits.inc()
+        for v in new:
+            self.violations.labels(v.reason, v.device).inc()
+        found = {v.device: len(v.pids) for v in violations}
+        for device in processes:
+            self.ungranted.labels(device).set(found.get(device, 0))
+
+
 class NodeAgent:
     def __init__(
         self,
@@ -68,8 +106,10 @@ class NodeAgent:
         broker_url: str | None = None,
         token_file: str | None = None,
         event_namespace: str = "default",
+        metrics: AuditMetrics | None = None,
     ) -> None:
         self.api = api
+        self.metrics = metrics or AuditMetrics()
         self.node = node
         self.backend = backend
         self.broker_url = broker_url.rstrip("/") if broker_url else None
@@ -105,8 +145,14 @@ class NodeAgent:
 
     def audit_once(self) -> list[Violation]:
         """Audit and record an event for each new violation; returns the new ones."""
-        violations = audit(self.node, self.backend.processes(), self.fetch_grants())
+        try:
+            processes = self.backend.processes()
+            violations = audit(self.node, processes, self.fetch_grants())
+        except Exception:
+            self.metrics.failures.inc()
+            raise
         new = [v for v in violations if (v.reason, v.device, v.pids) not in self._reported]
+        self.metrics.observe(processes, violations, new)
         for v in new:
             self._event(v)
             self._reported.add((v.reason, v.device, v.pids))

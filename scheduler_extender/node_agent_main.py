@@ -1,7 +1,8 @@
 """Entry point of the node agent: ``python -m notebookos.extender.node_agent_main``.
 
 Flags fall back to environment variables: NODE_NAME (downward API), NOTEBOOKOS_NVML (``real`` or
-``fake[:SPEC]``), NOTEBOOKOS_BROKER_URL, NOTEBOOKOS_TOKEN_FILE, KUBECONFIG (in-cluster when unset).
+``fake[:SPEC]``), NOTEBOOKOS_BROKER_URL, NOTEBOOKOS_TOKEN_FILE, NOTEBOOKOS_METRICS_PORT, KUBECONFIG
+(in-cluster when unset).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import sys
 import threading
 
 import pykube
+from prometheus_client import start_http_server
 
-from .node_agent import NodeAgent
+from .node_agent import AuditMetrics, NodeAgent
 from .nvml import backend_from_env
 from .service import setup_logging
 
@@ -30,6 +32,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--token-file", default=os.environ.get("NOTEBOOKOS_TOKEN_FILE", DEFAULT_TOKEN))
     p.add_argument("--interval", type=float, default=float(os.environ.get("NOTEBOOKOS_AGENT_INTERVAL", "10")))
     p.add_argument("--event-namespace", default=os.environ.get("NOTEBOOKOS_EVENT_NAMESPACE", "default"))
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("NOTEBOOKOS_METRICS_PORT", "0")),
+        help="serve the audit's Prometheus /metrics on this port; 0: none",
+    )
     p.add_argument("--once", action="store_true", help="publish and audit once, print the inventory, exit")
     p.add_argument("--log-level", default=os.environ.get("NOTEBOOKOS_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
@@ -48,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = pykube.KubeConfig.from_file(args.kubeconfig) if args.kubeconfig else pykube.KubeConfig.from_env()
     token_file = args.token_file if args.token_file and os.path.exists(args.token_file) else None
+    metrics = AuditMetrics()
+    if args.metrics_port and not args.once:
+        start_http_server(args.metrics_port, registry=metrics.registry)
     agent = NodeAgent(
         pykube.HTTPClient(config),
         args.node,
@@ -55,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         broker_url=args.broker_url,
         token_file=token_file,
         event_namespace=args.event_namespace,
+        metrics=metrics,
     )
     stop = threading.Event()
     while True:

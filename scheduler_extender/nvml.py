@@ -109,7 +109,8 @@ class FakeNvml:
 
     @classmethod
     def from_spec(cls, spec: str, node: str = "node") -> FakeNvml:
-        """`8` (that many H100s) or a JSON list of inventory entries ({index, uuid, memoryMiB, model, healthy})."""
+        """`8` (that many H100s) or a JSON list of inventory entries ({index, uuid, memoryMiB, model,
+        healthy, pids})."""
         spec = spec.strip()
         if spec.isdigit():
             return cls.uniform(int(spec), node)
@@ -129,7 +130,9 @@ class FakeNvml:
                     bool(d.get("healthy", True)),
                 )
                 for i, d in enumerate(items)
-            ]
+            ],
+            # "pids": processes said to use the device, for the audit's tests
+            {str(d["uuid"]): [int(p) for p in d["pids"]] for d in items if d.get("pids")},
         )
 
     def devices(self) -> list[GpuInfo]:

@@ -46,10 +46,16 @@ def gpu_kernel(
 
 def test_executor_holds_its_devices_only_while_the_cell_runs(gpu_kernel: Any) -> None:
     _, broker, kc = gpu_kernel
-    reply, out = run(kc, "print(NOTEBOOKOS_GPU_UUIDS)\nweights = [0.5] * 3")
+    child = (
+        "import subprocess, sys\n"
+        "print(subprocess.run([sys.executable, '-c', 'import os; print(os.environ[\"CUDA_VISIBLE_DEVICES\"])'],"
+        " capture_output=True, text=True).stdout, end='')"
+    )
+    reply, out = run(kc, f"print(NOTEBOOKOS_GPU_UUIDS)\nweights = [0.5] * 3\n{child}")
     nb = reply["metadata"]["notebookos"]
     assert reply["content"]["status"] == "ok"
-    assert text_of(out) == f"['GPU-{nb['replica']}-0']\n"
+    # The grant reaches the processes the cell starts (CUDA_VISIBLE_DEVICES), not only the namespace.
+    assert text_of(out) == f"['GPU-{nb['replica']}-0']\nGPU-{nb['replica']}-0\n"
     assert nb["devices"] == [f"GPU-{nb['replica']}-0"]
     assert broker.broker.ledger.grants() == [], "the grant must be released when the cell ends"
     ids = [body["executionId"] for path, body in broker.calls if path == "/release"]

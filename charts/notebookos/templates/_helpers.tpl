@@ -56,3 +56,27 @@ Call: include "notebookos.image" (list $ "control" .Values.operator.image) */}}
 {{ printf "%s/%s:%s" $registry (index . 1) ($root.Values.images.tag | default $root.Chart.AppVersion) }}
 {{- end -}}
 {{- end }}
+
+{{/* The NetworkPolicy of a namespace where kernels live: its pods (replicas, routers) accept
+connections from their own namespace (Raft, router to replicas), from NotebookOS's namespace (the
+operator's control channel to routers) and from the given peers (the users' Jupyter servers).
+Call: include "notebookos.kernelNetworkPolicy" (dict "root" $ "namespace" NS "from" PEERS) */}}
+{{- define "notebookos.kernelNetworkPolicy" }}
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: notebookos-kernels
+  namespace: {{ .namespace }}
+  labels: {{- include "notebookos.labels" (dict "root" .root "component" "notebookos-kernels") | nindent 4 }}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - podSelector: {}
+        - namespaceSelector:
+            matchLabels: {kubernetes.io/metadata.name: {{ .root.Release.Namespace }}}
+        {{- with .from }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+{{- end }}
