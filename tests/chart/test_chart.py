@@ -4,6 +4,7 @@ input, and the rendered commands accepted by the components' own argument parser
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -363,3 +364,24 @@ def test_the_operators_hibernation_settings_come_from_values_and_parse(helm: str
     env = {e["name"]: e.get("value") for e in op["spec"]["template"]["spec"]["containers"][0]["env"]}
     cfg = OperatorConfig.from_env({k: v for k, v in env.items() if v is not None})
     assert (cfg.checkpoint_store, cfg.wake_timeout_seconds) == ("s3://bucket/nbos", 120)
+
+
+def test_gpu_pool_tolerations_reach_replica_pods_and_the_node_agent(helm: str) -> None:
+    from notebookos.operator.config import OperatorConfig
+
+    gke = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    docs = render(helm, "--set-json", f"gpuPoolTolerations=[{json.dumps(gke)}]")
+    env = {e["name"]: e.get("value") for e in container(docs, "Deployment", "notebookos-operator", "operator")["env"]}
+    cfg = OperatorConfig.from_env(env)
+    assert list(cfg.extra_tolerations) == [gke]  # the operator adds them to every replica pod
+    agent = find(docs, "DaemonSet", "notebookos-node-agent")["spec"]["template"]["spec"]
+    assert gke in agent["tolerations"] and len(agent["tolerations"]) == 2
+    default = {
+        e["name"]: e.get("value")
+        for e in container(render(helm), "Deployment", "notebookos-operator", "operator")["env"]
+    }
+    assert OperatorConfig.from_env(default).extra_tolerations == ()
+    proc = run_helm(
+        helm, "template", "notebookos", str(CHART), "--set-json", 'gpuPoolTolerations=[{"operator":"Maybe"}]'
+    )
+    assert proc.returncode != 0 and "at '/gpuPoolTolerations/0/operator'" in proc.stderr, proc.stderr
