@@ -13,7 +13,7 @@ import pytest
 from jupyter_client import BlockingKernelClient
 
 from images.containers import image
-from images.realnode import RealNode, wait_until
+from images.realnode import RealNode, save_images, wait_until
 from notebookos.kernel.local import run, text_of
 from notebookos.operator import builders
 
@@ -24,7 +24,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNode]:
     assert kubelet.is_file(), f"{kubelet} missing: `make images` builds it (e2e/toolchain/kubelet.sh)"
     n = RealNode(tmp_path_factory.mktemp("node"), kubelet, f"node-{os.getpid()}")
     try:
-        yield n.start([image("kernel")])
+        yield n.start(save_images([image("kernel")], tmp_path_factory.mktemp("images")))
     finally:
         n.stop()
 
