@@ -54,6 +54,10 @@ class RealCluster:
 
     def start(self) -> RealCluster:
         fcntl.flock(self._lock, fcntl.LOCK_EX)
+        routes = subprocess.run(["ip", "-4", "route", "show", "root", CLUSTER_CIDR], capture_output=True, text=True)
+        assert not routes.stdout.strip(), (
+            f"routes into {CLUSTER_CIDR} (a run killed before its stop?):\n{routes.stdout}"
+        )
         self.net = Snapshot.take()
         self.cluster = c = start_cluster(self.root / "control-plane", advertise=self.ip)
         archives = save_images([image("kernel"), image("control")], self.root / "images")

@@ -1,9 +1,8 @@
 """One real node on this machine: containerd and runc from Debian's packages and a kubelet built
 from the Go module proxy (e2e/toolchain/kubelet.sh), each with a private root, socket and cgroup
-parent, so nothing of the system's is touched. Standalone (no API server: pods are static pods,
-files in its manifest folder) or joined to an API server (`Join`: its own certificate, a CNI
-bridge and Pod subnet of its own). The images `make images` built are imported from podman's
-storage (nothing is pulled; the sandbox image is a pause built here from pause.c).
+parent, so nothing of the system's is touched, joined to an API server (`Join`: its own
+certificate, a CNI bridge and Pod subnet of its own). The images `make images` built are imported
+from podman's storage (nothing is pulled; the sandbox image is a pause built here from pause.c).
 
 This machine's quirks: cgroup v1 (the kubelet's failCgroupV1: false, cgroupfs driver), no
 CAP_SYS_RESOURCE (containerd's restrict_oom_score_adj, else runc dies setting the sandbox's -998:
@@ -76,10 +75,9 @@ class Join:
 
 
 class RealNode:
-    def __init__(self, root: Path, kubelet: Path, name: str, join: Join | None = None) -> None:
+    def __init__(self, root: Path, kubelet: Path, name: str, join: Join) -> None:
         self.root, self.kubelet_bin, self.name, self.join = root, kubelet, name, join
         self.sock = root / "containerd.sock"
-        self.manifests = root / "manifests"
         self.kubelet_root = root / "kubelet"
         self.cgroup = f"notebookos-{name}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -88,7 +86,7 @@ class RealNode:
 
     def start(self, archives: list[Path]) -> RealNode:
         """archives: from save_images."""
-        self.manifests.mkdir(parents=True)
+        self.root.mkdir(parents=True, exist_ok=True)
         self._start_containerd()
         for archive in archives:
             self.ctr("images", "import", "--all-platforms", str(archive))
@@ -133,9 +131,8 @@ state = "{r}/state"
 """
         r.mkdir()
         (r / "config.toml").write_text(config)
-        if self.join is not None:
-            (r / "cni").mkdir()
-            (r / "cni" / "10-bridge.conflist").write_text(json.dumps(self._cni(r)))
+        (r / "cni").mkdir()
+        (r / "cni" / "10-bridge.conflist").write_text(json.dumps(self._cni(r)))
         p = self._spawn("containerd", ["containerd", "--config", str(r / "config.toml")])
 
         def serving() -> bool:
@@ -146,7 +143,6 @@ state = "{r}/state"
     def _cni(self, r: Path) -> dict[str, Any]:
         # The node's own bridge (its gateway is the first address of its subnet): pods on other
         # nodes' bridges are reached through this machine's routing table, no NAT, no overlay.
-        assert self.join is not None
         ipam = {
             "type": "host-local",
             "ranges": [[{"subnet": self.join.subnet}]],
@@ -179,7 +175,8 @@ state = "{r}/state"
             "failSwapOn": False,
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False}},
             "authorization": {"mode": "AlwaysAllow"},
-            # Standalone: no server, no read-only port, no healthz port to collide with anything.
+            # No server, no read-only or healthz port (nothing to collide with the other nodes'):
+            # the API server never calls these kubelets; container logs are read from podLogsDir.
             "enableServer": False,
             "readOnlyPort": 0,
             "healthzPort": 0,
@@ -189,14 +186,8 @@ state = "{r}/state"
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
         }
-        args = []
-        if self.join is None:
-            config["staticPodPath"] = str(self.manifests)
-        else:
-            # No server either: the API server never calls these kubelets (logs are read from podLogsDir).
-            config["registerWithTaints"] = self.join.taints
-            labels = ",".join(f"{k}={v}" for k, v in self.join.labels.items())
-            args = [f"--kubeconfig={self.join.kubeconfig}", f"--node-ip={self.join.node_ip}", f"--node-labels={labels}"]
+        labels = ",".join(f"{k}={v}" for k, v in self.join.labels.items())
+        args = [f"--kubeconfig={self.join.kubeconfig}", f"--node-ip={self.join.node_ip}", f"--node-labels={labels}"]
         path = self.root / "kubelet.json"
         path.write_text(json.dumps(config))
         self._spawn(
@@ -205,15 +196,7 @@ state = "{r}/state"
              "--cert-dir", str(self.root / "pki"), "--hostname-override", self.name, "--v=2", *args],
         )  # fmt: skip
 
-    # --- pods ---------------------------------------------------------------------------------------
-
-    def run_static_pod(self, pod: dict[str, Any]) -> None:
-        (self.manifests / f"{pod['metadata']['name']}.json").write_text(json.dumps(pod))
-
-    def empty_dir(self, volume: str) -> Path | None:
-        """The host folder of a static pod's emptyDir volume, once the kubelet made it."""
-        found = sorted(self.kubelet_root.glob(f"pods/*/volumes/kubernetes.io~empty-dir/{volume}"))
-        return found[0] if found else None
+    # --- observing ----------------------------------------------------------------------------------
 
     def tasks(self) -> list[str]:
         return self.ctr("tasks", "ls", "-q", check=False).split()
@@ -225,8 +208,7 @@ state = "{r}/state"
     # --- stop ---------------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        for manifest in self.manifests.glob("*.json"):
-            manifest.unlink()  # the kubelet stops the pods it no longer sees
+        """After the pods were deleted through the API (the tier's stop)."""
         kubelet = self.procs.get("kubelet")
         if kubelet is not None and kubelet.poll() is None:
             try:

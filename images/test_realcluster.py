@@ -6,6 +6,7 @@ images/realcluster.py sets it up; docs/testbed.md ("Images") says what is real a
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,9 +61,12 @@ def test_a_kernel_on_three_real_nodes_runs_cells_through_its_router(real: RealCl
     replicas = [p for p in pods if p.metadata.labels.get(labels.COMPONENT_LABEL) == "replica"]
     assert len({p.spec.node_name for p in replicas}) == 3, [(p.metadata.name, p.spec.node_name) for p in pods]
     assert {p.spec.node_name for p in pods} <= {n.name for n in real.nodes}
+    subnets = {n.name: ipaddress.ip_network(n.join.subnet) for n in real.nodes}
     for p in pods:
         assert p.status.phase == "Running", (p.metadata.name, p.status.phase)
         assert p.spec.containers[0].security_context.read_only_root_filesystem
+        # An address from its node's own bridge: replicas reach each other across nodes (Raft).
+        assert ipaddress.ip_address(p.status.pod_ip) in subnets[p.spec.node_name], (p.metadata.name, p.status.pod_ip)
     operator = c.core().list_namespaced_pod(ns, label_selector="app.kubernetes.io/name=notebookos-operator").items
     assert [p.status.phase for p in operator] == ["Running"]
 
@@ -84,5 +88,7 @@ def test_a_kernel_on_three_real_nodes_runs_cells_through_its_router(real: RealCl
         # State carried from the first cell; the root filesystem refused the write.
         assert text_of(out).splitlines()[0] == "20"
         assert reply["content"]["ename"] == "OSError" and "Read-only file system" in reply["content"]["evalue"]
+        reply, out = run(kc, "print(get_ipython().history_manager.hist_file)", timeout=60)
+        assert text_of(out).strip() == "/tmp/ipython/profile_default/history.sqlite"
     finally:
         kc.stop_channels()
