@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ class RealCluster:
         self.stack: Stack | None = None
         self.net: Snapshot | None = None
         self._lock = LOCK.open("w")
+        self.timings: dict[str, float] = {}  # seconds since start(), at the end of each step
 
     def start(self) -> RealCluster:
         fcntl.flock(self._lock, fcntl.LOCK_EX)
@@ -59,8 +61,15 @@ class RealCluster:
             f"routes into {CLUSTER_CIDR} (a run killed before its stop?):\n{routes.stdout}"
         )
         self.net = Snapshot.take()
+        t0 = time.monotonic()
+
+        def lap(step: str) -> None:
+            self.timings[step] = round(time.monotonic() - t0, 1)
+
         self.cluster = c = start_cluster(self.root / "control-plane", advertise=self.ip)
+        lap("control plane")
         archives = save_images([image("kernel"), image("control")], self.root / "images")
+        lap("images saved")
         for i in range(1, self.count + 1):
             name = f"real-{os.getpid()}-{i}"
             join = Join(
@@ -79,6 +88,7 @@ class RealCluster:
             node = RealNode(self.root / name, self.kubelet_dir / "bin" / "kubelet", name, join)
             self.nodes.append(node)
             node.start(archives)
+            lap(f"{name} started")
         core = c.core()
         for node in self.nodes:
             wait_until(lambda n=node: _ready(core, n.name), 120, f"node {node.name} Ready",
@@ -86,6 +96,7 @@ class RealCluster:
             # No GPU here: the inventory the node agent would publish for made-up devices.
             inventory = gpu_inventory(node.name, GPUS_PER_NODE)
             core.patch_node(node.name, {"metadata": {"annotations": {labels.GPU_INVENTORY_ANNOTATION: inventory}}})
+        lap("nodes Ready")
         self._start_kube_proxy()
         # The chart first (its CRDs), then the extender and scheduler that watch them.
         broker_port = free_port()
@@ -95,6 +106,8 @@ class RealCluster:
         wait = ["rollout", "status", "deployment/notebookos-operator", "-n", self.namespace, "--timeout=180s"]
         proc = c.kubectl(*wait, check=False)
         assert proc.returncode == 0, f"the operator: {proc.stdout}{proc.stderr}\n{self.logs()}"
+        lap("chart installed, operator running")
+        print(f"real-node tier up: {self.timings}")
         return self
 
     def _start_kube_proxy(self) -> None:
