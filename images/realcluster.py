@@ -68,7 +68,7 @@ class RealCluster:
 
         self.cluster = c = start_cluster(self.root / "control-plane", advertise=self.ip)
         lap("control plane")
-        archives = save_images([image("kernel"), image("control")], self.root / "images")
+        kernel, control, pause = save_images([image("kernel"), image("control")], self.root / "images")
         lap("images saved")
         for i in range(1, self.count + 1):
             name = f"real-{os.getpid()}-{i}"
@@ -87,7 +87,8 @@ class RealCluster:
             )
             node = RealNode(self.root / name, self.kubelet_dir / "bin" / "kubelet", name, join)
             self.nodes.append(node)
-            node.start(archives)
+            # Only the untainted first node can take the operator: the control image goes there.
+            node.start([kernel, pause, *([control] if i == 1 else [])])
             lap(f"{name} started")
         core = c.core()
         for node in self.nodes:
