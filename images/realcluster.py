@@ -36,7 +36,7 @@ CHART = ROOT / "charts" / "notebookos"
 
 def host_address() -> str:
     """This machine's address on its default route: reachable from every pod through its bridge."""
-    out = subprocess.run(["ip", "-4", "route", "get", "192.0.2.255"], capture_output=True, text=True, check=True)
+    out = subprocess.run(["ip", "-4", "route", "get", "198.51.100.1"], capture_output=True, text=True, check=True)
     words = out.stdout.split()
     return words[words.index("src") + 1]
 
