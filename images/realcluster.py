@@ -1,8 +1,8 @@
 """The real-node tier's cluster: the e2e test bed's control plane (e2e/testbed/cluster.py) on this
 machine's address (pods cannot reach its loopback), real nodes (images/realnode.py) joined to it
 with their own certificates, CNI bridges and Pod subnets, kube-proxy (iptables) for the Services
-(the `kubernetes` one included), the NotebOS scheduler with its extender and the GPU broker as host
-processes (e2e/testbed/stack.py), and the chart's operator installed with helm, running on a node.
+(the `kubernetes` one included), and the chart installed with helm: operator, NotebookOS scheduler
+with its extender, GPU broker and node agents (made-up GPUs: fake NVML) run as pods on the nodes.
 
 All nodes share this machine's network namespace, so one kube-proxy serves them all. Only one tier
 runs at a time on a machine (a lock): kube-proxy's chains and the Pod subnets are machine-wide.
@@ -12,7 +12,6 @@ the tier made (images/hostnet.py) and fails if something is left."""
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import subprocess
 import time
@@ -21,17 +20,19 @@ from typing import Any
 
 import yaml
 
-from e2e.testbed.cluster import Cluster, free_port, gpu_inventory, start_cluster
-from e2e.testbed.stack import Stack
+from e2e.testbed.cluster import Cluster, free_port, start_cluster
 from images.containers import ROOT, image
 from images.hostnet import Snapshot
-from images.realnode import Join, RealNode, save_images, wait_until
+from images.realnode import Join, RealNode, binary_image, pause_image, save_images, wait_until
 from notebookos import labels
 
 LOCK = Path("/tmp/notebookos-realnode.lock")
 CLUSTER_CIDR = "10.244.0.0/16"  # not podman's 10.88.0.0/16, not the Service range 10.0.0.0/24
 GPUS_PER_NODE = 2
 CHART = ROOT / "charts" / "notebookos"
+SCHEDULER_IMAGE = "localhost/notebookos/kube-scheduler"
+# The chart's scheduler version, the one the test bed's binaries are built at (e2e/toolchain).
+SCHEDULER_VERSION = yaml.safe_load((CHART / "values.yaml").read_text())["scheduler"]["version"]
 
 
 def host_address() -> str:
@@ -49,7 +50,6 @@ class RealCluster:
         self.nodes: list[RealNode] = []
         self.bridges = [f"nbos{os.getpid()}-{i}" for i in range(1, nodes + 1)]
         self.cluster: Cluster | None = None
-        self.stack: Stack | None = None
         self.net: Snapshot | None = None
         self._lock = LOCK.open("w")
         self.timings: dict[str, float] = {}  # seconds since start(), at the end of each step
@@ -68,7 +68,10 @@ class RealCluster:
 
         self.cluster = c = start_cluster(self.root / "control-plane", advertise=self.ip)
         lap("control plane")
-        kernel, control, pause = save_images([image("kernel"), image("control")], self.root / "images")
+        # The chart's kube-scheduler image (registry.k8s.io is unreachable): the test bed's binary.
+        scheduler = binary_image(f"{SCHEDULER_IMAGE}:{SCHEDULER_VERSION}", c.bin_dir / "bin" / "kube-scheduler", "1000")
+        folder = self.root / "images"
+        archives = save_images([image("kernel"), image("control"), scheduler, pause_image(folder)], folder)
         lap("images saved")
         for i in range(1, self.count + 1):
             name = f"real-{os.getpid()}-{i}"
@@ -87,27 +90,26 @@ class RealCluster:
             )
             node = RealNode(self.root / name, self.kubelet_dir / "bin" / "kubelet", name, join)
             self.nodes.append(node)
-            # Only the untainted first node can take the operator: the control image goes there.
-            node.start([kernel, pause, *([control] if i == 1 else [])])
+            # Only the untainted first node takes the operator, broker and scheduler: their images go there.
+            node.start([a for ref, a in archives.items() if i == 1 or ref not in (image("control"), scheduler)])
             lap(f"{name} started")
         core = c.core()
         for node in self.nodes:
             wait_until(lambda n=node: _ready(core, n.name), 120, f"node {node.name} Ready",
                        alive=lambda n=node: n.procs["kubelet"].poll() is None)  # fmt: skip
-            # No GPU here: the inventory the node agent would publish for made-up devices.
-            inventory = gpu_inventory(node.name, GPUS_PER_NODE)
-            core.patch_node(node.name, {"metadata": {"annotations": {labels.GPU_INVENTORY_ANNOTATION: inventory}}})
+            taints = [t.key for t in core.read_node(node.name).spec.taints or []]
+            assert all(t["key"] in taints for t in node.join.taints), f"{node.name}: taints {taints}"
         lap("nodes Ready")
         self._start_kube_proxy()
-        # The chart first (its CRDs), then the extender and scheduler that watch them.
-        broker_port = free_port()
-        self._install_chart(f"http://{self.ip}:{broker_port}")
-        self.stack = Stack(c, process_pods=False, operator=False, broker_host=self.ip, broker_port=broker_port)
-        self.stack.start()
-        wait = ["rollout", "status", "deployment/notebookos-operator", "-n", self.namespace, "--timeout=180s"]
-        proc = c.kubectl(*wait, check=False)
-        assert proc.returncode == 0, f"the operator: {proc.stdout}{proc.stderr}\n{self.logs()}"
-        lap("chart installed, operator running")
+        self._install_chart()
+        lap("chart installed, its pods running")
+
+        def inventories() -> bool:
+            return all(labels.GPU_INVENTORY_ANNOTATION in (core.read_node(n.name).metadata.annotations or {})
+                       for n in self.nodes)  # fmt: skip
+
+        wait_until(inventories, 60, "the node agents' GPU inventories")
+        lap("GPU inventories published")
         print(f"real-node tier up: {self.timings}")
         return self
 
@@ -134,40 +136,53 @@ class RealCluster:
         c.spawn("kube-proxy", [str(self.kubelet_dir / "bin" / "kube-proxy"), f"--config={path}", "--v=2"],
                 ready_url=f"http://{config['healthzBindAddress']}/healthz")  # fmt: skip
 
-    def _install_chart(self, broker_url: str) -> None:
+    def _install_chart(self) -> None:
         c = self.cluster
         assert c is not None
-        helm = [str(c.bin_dir / "bin" / "helm"), f"--kubeconfig={c.kubeconfig}"]
-        values = {
-            # The scheduler and broker run on the host (stack.py); no node agent: no GPU, no NVML.
-            "scheduler.enabled": "false",
-            "broker.enabled": "false",
-            "nodeAgent.enabled": "false",
-            "gpuRuntimeClassName": "",
-            "operator.brokerUrl": broker_url,
-            "operator.imagePullPolicy": "Never",
+        helm = [str(c.bin_dir / "bin" / "helm"), f"--kubeconfig={c.kubeconfig}", "-n", self.namespace]
+        never = {"imagePullPolicy": "Never"}  # every image is in the nodes' containerd already
+        # No cluster DNS: the broker's Service name resolves nowhere, so the operator (which hands
+        # the URL to kernel pods) and the node agents start once its ClusterIP is known.
+        values: dict[str, Any] = {
+            "gpuRuntimeClassName": "",  # no GPU, no NVIDIA runtime
+            "operator": {**never, "replicas": 0},
+            "scheduler": {**never, "image": SCHEDULER_IMAGE, "extender": dict(never)},
+            "broker": dict(never),
+            "nodeAgent": {**never, "enabled": False, "nvml": f"fake:{GPUS_PER_NODE}"},
         }
-        sets = [a for k, v in values.items() for a in ("--set", f"{k}={v}")]
-        proc = subprocess.run([*helm, "install", "notebookos", str(CHART), "-n", self.namespace, "--create-namespace",
-                               *sets], capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
-        assert proc.returncode == 0, f"helm install: {proc.stderr}\n{self.logs()}"
+        self._helm(helm, "install", "--create-namespace", values)
+        self._rollout("deployment/notebookos-broker", "deployment/notebookos-scheduler")
+        broker = c.core().read_namespaced_service("notebookos-broker", self.namespace)
+        port = broker.spec.ports[0].port
+        values["operator"] = {**never, "replicas": 1, "brokerUrl": f"http://{broker.spec.cluster_ip}:{port}"}
+        values["nodeAgent"]["enabled"] = True
+        self._helm(helm, "upgrade", "", values)
+        self._rollout("deployment/notebookos-operator", "daemonset/notebookos-node-agent")
+
+    def _helm(self, helm: list[str], verb: str, flag: str, values: dict[str, Any]) -> None:
+        assert self.cluster is not None
+        path = self.cluster.root / f"values-{verb}.yaml"
+        path.write_text(yaml.safe_dump(values))
+        argv = [*helm, verb, "notebookos", str(CHART), *([flag] if flag else []), "-f", str(path)]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, f"helm {verb}: {proc.stderr}\n{self.logs()}"
+
+    def _rollout(self, *objects: str) -> None:
+        assert self.cluster is not None
+        for obj in objects:
+            proc = self.cluster.kubectl("rollout", "status", obj, "-n", self.namespace, "--timeout=100s", check=False)
+            assert proc.returncode == 0, f"{obj}: {proc.stdout}{proc.stderr}\n{self.logs()}"
 
     # --- observing -------------------------------------------------------------------------------
 
-    def pod_log(self, pod: str) -> str:
-        """A container's log from its node's pod log folder (the kubelets serve no API)."""
-        found = [p for n in self.nodes for p in sorted((n.root / "pod-logs").glob(f"*_{pod}_*/*/*.log"))]
-        return "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in found)
-
     def logs(self) -> str:
-        out = []
-        for n in self.nodes:
-            out.append(f"--- {n.name} kubelet\n{n.log('kubelet')[-3000:]}")
+        """The kubelets', kube-proxy's and every container's log tails (the kubelets serve no API)."""
+        out = [f"--- {n.name} kubelet\n{n.log('kubelet')[-2000:]}" for n in self.nodes]
         if self.cluster is not None:
             pods = self.cluster.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
-            out.append(f"--- pods\n{pods}")
-            for name in ("kube-proxy", "extender", f"scheduler-{labels.SCHEDULER_NAME}", "broker"):
-                out.append(f"--- {name}\n{self.cluster.tail(name, 30)}")
+            out += [f"--- pods\n{pods}", f"--- kube-proxy\n{self.cluster.tail('kube-proxy', 20)}"]
+        for log in sorted(p for n in self.nodes for p in (n.root / "pod-logs").glob("*/*/*.log")):
+            out.append(f"--- {log.parent.parent.name}/{log.parent.name}\n{log.read_text(errors='replace')[-1500:]}")
         return "\n".join(out)
 
     # --- stop ------------------------------------------------------------------------------------
@@ -175,13 +190,13 @@ class RealCluster:
     def stop(self) -> None:
         errors: list[str] = []
         c = self.cluster
-        if self.stack is not None:
-            self.stack.close()
         if c is not None:
-            # Nothing makes or places pods any more; the kubelets stop the ones they run.
+            # No controller makes pods any more; the kubelets stop the ones they run. Twice: the
+            # operator and the NotebookOS scheduler may make and place one more while they stop.
             for name in ("kube-scheduler", "kube-controller-manager"):
                 c.stop(name)
-            c.kubectl("delete", "pods", "--all", "-A", "--grace-period=1", "--wait=false", check=False)
+            for _ in range(2):
+                c.kubectl("delete", "pods", "--all", "-A", "--grace-period=1", "--timeout=90s", check=False)
             try:
                 net = self.net
 
@@ -219,7 +234,3 @@ def _ready(core: Any, node: str) -> bool:
 def _alive(node: RealNode) -> bool:
     p = node.procs.get("containerd")
     return p is not None and p.poll() is None
-
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, indent=1, default=str)

@@ -38,27 +38,34 @@ def wait_until(predicate: Any, timeout: float, what: str, alive: Any = None) -> 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def save_images(refs: list[str], folder: Path) -> list[Path]:
-    """OCI archives of `refs` and of the sandbox image, for each node's containerd to import."""
+def save_images(refs: list[str], folder: Path) -> dict[str, Path]:
+    """OCI archives of `refs`, for each node's containerd to import."""
     folder.mkdir(parents=True, exist_ok=True)
-    archives = []
-    for i, ref in enumerate([*refs, _pause_image(folder)]):
-        archive = folder / f"image-{i}.tar"
-        subprocess.run([*engine(), "save", "--format", "oci-archive", "-o", str(archive), ref],
+    archives = {}
+    for i, ref in enumerate(refs):
+        archives[ref] = folder / f"image-{i}.tar"
+        subprocess.run([*engine(), "save", "--format", "oci-archive", "-o", str(archives[ref]), ref],
                        check=True, capture_output=True, timeout=300)  # fmt: skip
-        archives.append(archive)
     return archives
 
 
-def _pause_image(folder: Path) -> str:
-    # The sandbox image (registry.k8s.io is unreachable): a static pause, built here.
+def pause_image(folder: Path) -> str:
+    """The sandbox image (registry.k8s.io is unreachable): a static pause, built here."""
+    folder.mkdir(parents=True, exist_ok=True)
     out = folder / "pause"
     subprocess.run(["gcc", "-Os", "-static", "-o", str(out), str(PAUSE_C)], check=True, timeout=120)
+    return binary_image(PAUSE_IMAGE, out, "65535:65535")
+
+
+def binary_image(ref: str, binary: Path, user: str) -> str:
+    """An image of one static binary, in /usr/local/bin (on the runtime's default PATH), its entrypoint."""
+    path = f"/usr/local/bin/{binary.name}"
     ctr = subprocess.run(["buildah", "from", "scratch"], capture_output=True, text=True, check=True).stdout.strip()
-    subprocess.run(["buildah", "copy", "-q", ctr, str(out), "/pause"], check=True, capture_output=True)
-    subprocess.run(["buildah", "config", "--entrypoint", '["/pause"]', "--user", "65535:65535", ctr], check=True)
-    subprocess.run(["buildah", "commit", "-q", "--rm", ctr, PAUSE_IMAGE], check=True, capture_output=True)
-    return PAUSE_IMAGE
+    subprocess.run(["buildah", "copy", "-q", ctr, str(binary), path], check=True, capture_output=True)
+    subprocess.run(["buildah", "config", "--entrypoint", json.dumps([path]), "--user", user,
+                    "--env", "PATH=/usr/local/bin", ctr], check=True)  # fmt: skip
+    subprocess.run(["buildah", "commit", "-q", "--rm", ctr, ref], check=True, capture_output=True)
+    return ref
 
 
 @dataclass(frozen=True)
@@ -185,6 +192,7 @@ state = "{r}/state"
             "evictionHard": {},
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
+            "registerWithTaints": self.join.taints,
         }
         labels = ",".join(f"{k}={v}" for k, v in self.join.labels.items())
         args = [f"--kubeconfig={self.join.kubeconfig}", f"--node-ip={self.join.node_ip}", f"--node-labels={labels}"]

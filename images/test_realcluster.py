@@ -1,7 +1,8 @@
 """The real-node tier: three kubelets (containerd, runc, a CNI bridge each) joined to the test bed's
-control plane; the chart's operator (helm install) and a NotebookKernel's router and three replicas
-run on them as real containers from the images `make images` built, with the chart's security
-context; a jupyter_client on the host runs cells through the router's Service (kube-proxy).
+control plane; the chart (helm install: operator, scheduler and extender, broker, node agents) and
+a NotebookKernel's router and three replicas run on them as real containers from the images
+`make images` built, with the chart's security context; a jupyter_client on the host runs cells
+through the router's Service (kube-proxy).
 images/realcluster.py sets it up; docs/testbed.md ("Images") says what is real and what is not."""
 
 from __future__ import annotations
@@ -67,8 +68,16 @@ def test_a_kernel_on_three_real_nodes_runs_cells_through_its_router(real: RealCl
         assert p.spec.containers[0].security_context.read_only_root_filesystem
         # An address from its node's own bridge: replicas reach each other across nodes (Raft).
         assert ipaddress.ip_address(p.status.pod_ip) in subnets[p.spec.node_name], (p.metadata.name, p.status.pod_ip)
-    operator = c.core().list_namespaced_pod(ns, label_selector="app.kubernetes.io/name=notebookos-operator").items
-    assert [p.status.phase for p in operator] == ["Running"]
+    # The chart's own pods: one operator, scheduler (kube-scheduler and extender) and broker, a node
+    # agent on each node.
+    chart = c.core().list_namespaced_pod(ns, label_selector="app.kubernetes.io/instance=notebookos").items
+    running = sorted(p.metadata.labels["app.kubernetes.io/name"] for p in chart if p.status.phase == "Running")
+    assert running == [
+        "notebookos-broker",
+        *["notebookos-node-agent"] * 3,
+        "notebookos-operator",
+        "notebookos-scheduler",
+    ]
 
     # The router's ClusterIP Service, through kube-proxy's rules on this machine.
     kernel = NotebookKernel.model_validate(_kernel(real, "real"))

@@ -63,21 +63,6 @@ class Managed:
     log: Path
 
 
-def gpu_inventory(node: str, gpus: int, model: str = "NVIDIA H100 80GB HBM3", memory_mib: int = 81559) -> str:
-    """The annotation the node agent would publish for `gpus` made-up devices of `node`."""
-    devices = [
-        {
-            "index": i,
-            "uuid": f"GPU-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{node}.{i}')}",
-            "memoryMiB": memory_mib,
-            "model": model,
-            "healthy": True,
-        }
-        for i in range(gpus)
-    ]
-    return json.dumps(devices)
-
-
 @dataclass
 class Cluster:
     bin_dir: Path
@@ -360,6 +345,16 @@ class Cluster:
         for _ in range(count):
             self._node_seq += 1
             name = f"{prefix}-{self._node_seq}"
+            inventory = [
+                {
+                    "index": i,
+                    "uuid": f"GPU-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{name}.{i}')}",
+                    "memoryMiB": memory_mib,
+                    "model": model,
+                    "healthy": True,
+                }
+                for i in range(gpus)
+            ]
             resources = {"cpu": "64", "memory": "512Gi", "pods": "110", labels.GPU_RESOURCE: str(gpus)}
             body = {
                 "apiVersion": "v1",
@@ -368,7 +363,7 @@ class Cluster:
                     "name": name,
                     "annotations": {
                         "kwok.x-k8s.io/node": "fake",
-                        labels.GPU_INVENTORY_ANNOTATION: gpu_inventory(name, gpus, model, memory_mib),
+                        labels.GPU_INVENTORY_ANNOTATION: json.dumps(inventory),
                     },
                     "labels": {
                         "kubernetes.io/hostname": name,

@@ -30,11 +30,6 @@ class Stack:
     # False: pods stay kwok's (Running and Ready, no process behind them), as the scale benchmark
     # wants for thousands of them; the operator then labels none for the process runner.
     process_pods: bool = True
-    # False: the chart installed the CRDs and PriorityClass and runs the operator (the real-node tier).
-    operator: bool = True
-    # Where the broker listens (pods on real nodes reach it at this machine's address); 0: any port.
-    broker_host: str = "127.0.0.1"
-    broker_port: int = 0
 
     def apply_crds(self) -> None:
         c = self.cluster
@@ -46,12 +41,11 @@ class Stack:
 
     def start(self) -> Stack:
         c = self.cluster
-        if self.operator:
-            self.apply_crds()
-            # What the chart installs beside the CRDs: the capacity requests' PriorityClass.
-            from notebookos.operator.capacity import CapacityConfig, priority_class
+        self.apply_crds()
+        # What the chart installs beside the CRDs: the capacity requests' PriorityClass.
+        from notebookos.operator.capacity import CapacityConfig, priority_class
 
-            c.kubectl("apply", "-f", "-", input=json.dumps(priority_class(CapacityConfig())))
+        c.kubectl("apply", "-f", "-", input=json.dumps(priority_class(CapacityConfig())))
         if self.process_pods:
             self.runner = ProcessRunner(c).start()
         py = sys.executable
@@ -85,22 +79,21 @@ class Stack:
                 }
             ],
         )
-        port = self.broker_port or free_port()
-        self.broker_url = f"http://{self.broker_host}:{port}"
+        port = free_port()
+        self.broker_url = f"http://127.0.0.1:{port}"
         c.spawn(
             "broker",
             [
                 py,
                 "-m",
                 "notebookos.extender.broker_main",
-                f"--host={self.broker_host}",
+                "--host=127.0.0.1",
                 f"--port={port}",
                 f"--kubeconfig={c.kubeconfig}",
             ],
             ready_url=f"{self.broker_url}/readyz",
         )
-        if self.operator:
-            self.start_operator()
+        self.start_operator()
         return self
 
     def start_operator(self, name: str = "operator") -> None:
