@@ -8,6 +8,7 @@ images/realcluster.py sets it up; docs/testbed.md ("Images") says what is real a
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,6 +94,12 @@ def test_a_kernel_on_three_real_nodes_runs_cells_through_its_router(real: RealCl
         reply, out = run(kc, "import os\nx = 1 + 1\nprint(os.getuid(), x)", timeout=120)
         assert reply["content"]["status"] == "ok", reply["content"]
         assert text_of(out).strip() == "1000 2"
+        # The broker (a pod, reached at its ClusterIP) granted the cell one GPU of the executing
+        # replica's node, from the inventory that node's agent (a pod, fake NVML) published.
+        meta = reply["metadata"]["notebookos"]
+        annotations = c.core().read_node(meta["node"]).metadata.annotations
+        inventory = {d["uuid"] for d in json.loads(annotations[labels.GPU_INVENTORY_ANNOTATION])}
+        assert len(meta["devices"]) == 1 and set(meta["devices"]) <= inventory, (meta, inventory)
         reply, out = run(kc, "print(x * 10)\nopen('/opt/notebookos/x', 'w')", timeout=120)
         # State carried from the first cell; the root filesystem refused the write.
         assert text_of(out).splitlines()[0] == "20"
