@@ -81,7 +81,7 @@ class RealCluster:
                 subnet=f"10.244.{i}.0/24",
                 bridge=self.bridges[i - 1],
                 labels={labels.GPU_POOL_LABEL: labels.GPU_POOL_VALUE},
-                # The operator tolerates no taint: the first node is left untainted for it.
+                # The chart's Deployments tolerate no taint: the first node is left untainted for them.
                 taints=[]
                 if i == 1
                 else [
@@ -90,7 +90,7 @@ class RealCluster:
             )
             node = RealNode(self.root / name, self.kubelet_dir / "bin" / "kubelet", name, join)
             self.nodes.append(node)
-            # Only the untainted first node takes the operator, broker and scheduler: their images go there.
+            # Only the first node takes the chart's Deployments: the control and scheduler images go there.
             node.start([a for ref, a in archives.items() if i == 1 or ref not in (image("control"), scheduler)])
             lap(f"{name} started")
         core = c.core()
@@ -132,7 +132,6 @@ class RealCluster:
         }
         path = c.root / "kube-proxy.yaml"
         path.write_text(yaml.safe_dump(config))
-        self.kube_proxy_config = path
         c.spawn("kube-proxy", [str(self.kubelet_dir / "bin" / "kube-proxy"), f"--config={path}", "--v=2"],
                 ready_url=f"http://{config['healthzBindAddress']}/healthz")  # fmt: skip
 
