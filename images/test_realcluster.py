@@ -26,6 +26,8 @@ from notebookos.kernel.local import run, text_of
 from notebookos.kube import kernel_connection
 
 GROUP, VERSION, PLURAL = "notebookos.io", "v1alpha1", "notebookkernels"
+# Start and stop count too (about 1 min 30 s idle, 2 min 40 s with other test beds on the 2 cores).
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
