@@ -276,12 +276,13 @@ class Cluster:
         p = self.pki
         path = path or self.kubeconfig
         user = {"client-certificate": str(cert or p.admin_cert), "client-key": str(key or p.admin_key)}
+        who = "admin" if cert is None else "node"
         cfg = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "e2e", "cluster": {"server": self.server, "certificate-authority": str(p.ca_cert)}}],
-            "users": [{"name": "user", "user": user}],
-            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "user"}}],
+            "users": [{"name": who, "user": user}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": who}}],
             "current-context": "e2e",
         }
         path.write_text(yaml.safe_dump(cfg))
