@@ -58,9 +58,10 @@ e2e: venv toolchain  ## e2e tests against a real kube-apiserver, scheduler, cont
 
 # Names and tags from Chart.yaml (images/names.sh). Cold: mmdebstrap, wheels and both builds;
 # cached (~/.cache/notebookos/images and the builder's layers): tens of seconds. TORCH=torch==X adds torch.
-images: venv  ## build the control and kernel images (podman/buildah, Debian base made here), smoke-test them, run the kernel image on a real kubelet
+images: venv  ## build the control and kernel images (podman/buildah, Debian base made here), smoke-test them, run the chart and a kernel on three real kubelets
 	bash images/build.sh
-	NOTEBOOKOS_KUBELET_BIN=$$(bash e2e/toolchain/kubelet.sh) $(BIN)/pytest images $(PYTEST_ARGS)
+	NOTEBOOKOS_K8S_BIN=$$(bash e2e/toolchain/build.sh) NOTEBOOKOS_KUBELET_BIN=$$(bash e2e/toolchain/kubelet.sh) \
+		$(BIN)/pytest images $(PYTEST_ARGS)
 
 test: lint typecheck unit images e2e  ## every tier, lint included (what CI runs)
 

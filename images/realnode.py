@@ -1,8 +1,8 @@
 """One real node on this machine: containerd and runc from Debian's packages and a kubelet built
 from the Go module proxy (e2e/toolchain/kubelet.sh), each with a private root, socket and cgroup
-parent, so nothing of the system's is touched. The kubelet runs standalone (no API server): pods
-are static pods, files in its manifest folder. The images `make images` built are imported from
-podman's storage (nothing is pulled; the sandbox image is a pause built here from pause.c).
+parent, so nothing of the system's is touched, joined to an API server (`Join`: its own
+certificate, a CNI bridge and Pod subnet of its own). The images `make images` built are imported
+from podman's storage (nothing is pulled; the sandbox image is a pause built here from pause.c).
 
 This machine's quirks: cgroup v1 (the kubelet's failCgroupV1: false, cgroupfs driver), no
 CAP_SYS_RESOURCE (containerd's restrict_oom_score_adj, else runc dies setting the sandbox's -998:
@@ -12,9 +12,11 @@ the node made."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,21 +38,65 @@ def wait_until(predicate: Any, timeout: float, what: str, alive: Any = None) -> 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def save_images(refs: list[str], folder: Path) -> dict[str, Path]:
+    """OCI archives of `refs`, for each node's containerd to import."""
+    folder.mkdir(parents=True, exist_ok=True)
+    archives = {}
+    for i, ref in enumerate(refs):
+        archives[ref] = folder / f"image-{i}.tar"
+        subprocess.run([*engine(), "save", "--format", "oci-archive", "-o", str(archives[ref]), ref],
+                       check=True, capture_output=True, timeout=300)  # fmt: skip
+    return archives
+
+
+def pause_image(folder: Path) -> str:
+    """The sandbox image (registry.k8s.io is unreachable): a static pause, built here."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / "pause"
+    subprocess.run(["gcc", "-Os", "-static", "-o", str(out), str(PAUSE_C)], check=True, timeout=120)
+    return binary_image(PAUSE_IMAGE, out, "65535:65535")
+
+
+def binary_image(ref: str, binary: Path, user: str) -> str:
+    """An image of one static binary, in /usr/local/bin (on the runtime's default PATH), its entrypoint."""
+    path = f"/usr/local/bin/{binary.name}"
+    ctr = subprocess.run(["buildah", "from", "scratch"], capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["buildah", "copy", "-q", ctr, str(binary), path], check=True, capture_output=True)
+    subprocess.run(["buildah", "config", "--entrypoint", json.dumps([path]), "--user", user,
+                    "--env", "PATH=/usr/local/bin", ctr], check=True)  # fmt: skip
+    subprocess.run(["buildah", "commit", "-q", "--rm", ctr, ref], check=True, capture_output=True)
+    return ref
+
+
+@dataclass(frozen=True)
+class Join:
+    """How a node joins an API server: its kubeconfig (its own certificate), this machine's address
+    (every node's, as all share its network), its Pod subnet and bridge, its labels and taints."""
+
+    kubeconfig: Path
+    node_ip: str
+    subnet: str
+    bridge: str
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: list[dict[str, str]] = field(default_factory=list)
+
+
 class RealNode:
-    def __init__(self, root: Path, kubelet: Path, name: str) -> None:
-        self.root, self.kubelet_bin, self.name = root, kubelet, name
+    def __init__(self, root: Path, kubelet: Path, name: str, join: Join) -> None:
+        self.root, self.kubelet_bin, self.name, self.join = root, kubelet, name, join
         self.sock = root / "containerd.sock"
-        self.manifests = root / "manifests"
         self.kubelet_root = root / "kubelet"
         self.cgroup = f"notebookos-{name}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     # --- start ------------------------------------------------------------------------------------
 
-    def start(self, images: list[str]) -> RealNode:
-        self.manifests.mkdir(parents=True)
+    def start(self, archives: list[Path]) -> RealNode:
+        """archives: from save_images."""
+        self.root.mkdir(parents=True, exist_ok=True)
         self._start_containerd()
-        self._import([*images, self._pause_image()])
+        for archive in archives:
+            self.ctr("images", "import", "--all-platforms", str(archive))
         self._cgroup_parents()
         self._start_kubelet()
         return self
@@ -92,6 +138,8 @@ state = "{r}/state"
 """
         r.mkdir()
         (r / "config.toml").write_text(config)
+        (r / "cni").mkdir()
+        (r / "cni" / "10-bridge.conflist").write_text(json.dumps(self._cni(r)))
         p = self._spawn("containerd", ["containerd", "--config", str(r / "config.toml")])
 
         def serving() -> bool:
@@ -99,23 +147,18 @@ state = "{r}/state"
 
         wait_until(serving, 60, "containerd", alive=lambda: p.poll() is None)
 
-    def _pause_image(self) -> str:
-        # The sandbox image (registry.k8s.io is unreachable): a static pause, built here.
-        out = self.root / "pause"
-        subprocess.run(["gcc", "-Os", "-static", "-o", str(out), str(PAUSE_C)], check=True, timeout=120)
-        ctr = subprocess.run(["buildah", "from", "scratch"], capture_output=True, text=True, check=True).stdout.strip()
-        subprocess.run(["buildah", "copy", "-q", ctr, str(out), "/pause"], check=True, capture_output=True)
-        subprocess.run(["buildah", "config", "--entrypoint", '["/pause"]', "--user", "65535:65535", ctr], check=True)
-        subprocess.run(["buildah", "commit", "-q", "--rm", ctr, PAUSE_IMAGE], check=True, capture_output=True)
-        return PAUSE_IMAGE
-
-    def _import(self, refs: list[str]) -> None:
-        for ref in refs:
-            archive = self.root / "image.tar"
-            subprocess.run([*engine(), "save", "--format", "oci-archive", "-o", str(archive), ref],
-                           check=True, capture_output=True, timeout=300)  # fmt: skip
-            self.ctr("images", "import", "--all-platforms", str(archive))
-            archive.unlink()
+    def _cni(self, r: Path) -> dict[str, Any]:
+        # The node's own bridge (its gateway is the first address of its subnet): pods on other
+        # nodes' bridges are reached through this machine's routing table, no NAT, no overlay.
+        ipam = {
+            "type": "host-local",
+            "ranges": [[{"subnet": self.join.subnet}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": str(r / "ipam"),
+        }
+        bridge = {"type": "bridge", "bridge": self.join.bridge, "isGateway": True, "ipMasq": False,
+                  "hairpinMode": True, "ipam": ipam}  # fmt: skip
+        return {"cniVersion": "0.4.0", "name": f"nbos-{self.name}", "plugins": [bridge]}
 
     def _cgroup_parents(self) -> None:
         # The kubelet checks that its cgroupRoot exists in every v1 hierarchy; cpuset needs its
@@ -135,12 +178,12 @@ state = "{r}/state"
             "cgroupDriver": "cgroupfs",
             "cgroupRoot": f"/{self.cgroup}",
             "containerRuntimeEndpoint": f"unix://{self.sock}",
-            "staticPodPath": str(self.manifests),
             "podLogsDir": str(self.root / "pod-logs"),
             "failSwapOn": False,
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False}},
             "authorization": {"mode": "AlwaysAllow"},
-            # Standalone: no server, no read-only port, no healthz port to collide with anything.
+            # No server, no read-only or healthz port (nothing to collide with the other nodes'):
+            # the API server never calls these kubelets; container logs are read from podLogsDir.
             "enableServer": False,
             "readOnlyPort": 0,
             "healthzPort": 0,
@@ -149,24 +192,19 @@ state = "{r}/state"
             "evictionHard": {},
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
+            "registerWithTaints": self.join.taints,
         }
+        labels = ",".join(f"{k}={v}" for k, v in self.join.labels.items())
+        args = [f"--kubeconfig={self.join.kubeconfig}", f"--node-ip={self.join.node_ip}", f"--node-labels={labels}"]
         path = self.root / "kubelet.json"
         path.write_text(json.dumps(config))
         self._spawn(
             "kubelet",
             [str(self.kubelet_bin), "--config", str(path), "--root-dir", str(self.kubelet_root),
-             "--cert-dir", str(self.root / "pki"), "--hostname-override", self.name, "--v=2"],
+             "--cert-dir", str(self.root / "pki"), "--hostname-override", self.name, "--v=2", *args],
         )  # fmt: skip
 
-    # --- pods ---------------------------------------------------------------------------------------
-
-    def run_static_pod(self, pod: dict[str, Any]) -> None:
-        (self.manifests / f"{pod['metadata']['name']}.json").write_text(json.dumps(pod))
-
-    def empty_dir(self, volume: str) -> Path | None:
-        """The host folder of a static pod's emptyDir volume, once the kubelet made it."""
-        found = sorted(self.kubelet_root.glob(f"pods/*/volumes/kubernetes.io~empty-dir/{volume}"))
-        return found[0] if found else None
+    # --- observing ----------------------------------------------------------------------------------
 
     def tasks(self) -> list[str]:
         return self.ctr("tasks", "ls", "-q", check=False).split()
@@ -178,8 +216,7 @@ state = "{r}/state"
     # --- stop ---------------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        for manifest in self.manifests.glob("*.json"):
-            manifest.unlink()  # the kubelet stops the pods it no longer sees
+        """After the pods were deleted through the API (the tier's stop)."""
         kubelet = self.procs.get("kubelet")
         if kubelet is not None and kubelet.poll() is None:
             try:
@@ -208,8 +245,14 @@ state = "{r}/state"
                             sub.rmdir()
                     except OSError as exc:
                         left.append(f"{sub}: {exc}")
+        try:
+            wait_until(lambda: not processes_under(self.root), 15, "the node's processes to exit")
+        except AssertionError:
+            for pid in processes_under(self.root):
+                left.append(f"process {pid}: {Path(f'/proc/{pid}/cmdline').read_bytes()[:200]!r}")
+                os.kill(pid, 9)
         shutil.rmtree(self.root, ignore_errors=True)
-        assert not left, f"cgroups left behind: {left}"
+        assert not left, f"left behind: {left}"
 
     def _end(self, name: str) -> None:
         p = self.procs.get(name)
@@ -221,3 +264,16 @@ state = "{r}/state"
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(timeout=30)
+
+
+def processes_under(root: Path) -> list[int]:
+    """Processes whose command line names a path under root (daemons, shims: all the node's)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if str(root).encode() in (proc / "cmdline").read_bytes():
+                    out.append(int(proc.name))
+            except OSError:
+                pass  # gone meanwhile
+    return out

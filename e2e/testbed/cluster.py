@@ -24,7 +24,7 @@ import yaml
 
 from notebookos import labels
 
-from .pki import Pki, make_pki
+from .pki import Pki, client_cert, make_pki
 from .wait import until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,6 +67,9 @@ class Managed:
 class Cluster:
     bin_dir: Path
     root: Path
+    # A non-loopback address of this machine for the API server (and the `kubernetes` Service's
+    # endpoint), for real nodes whose pods cannot reach 127.0.0.1; empty: loopback only.
+    advertise: str = ""
     pki: Pki = field(init=False)
     server: str = field(init=False, default="")
     kubeconfig: Path = field(init=False)
@@ -148,10 +151,11 @@ class Cluster:
 
     def start(self) -> None:
         t0 = time.monotonic()
-        self.pki = make_pki(self.root / "pki")
+        self.pki = make_pki(self.root / "pki", ips=(self.advertise,) if self.advertise else ())
         b = self.bin_dir / "bin"
         etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
-        self.server = f"https://127.0.0.1:{api_port}"
+        host = self.advertise or "127.0.0.1"
+        self.server = f"https://{host}:{api_port}"
         self._write_kubeconfig()
         self.spawn(
             "etcd",
@@ -175,8 +179,8 @@ class Cluster:
             [
                 str(b / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={host}",
+                f"--advertise-address={host}",
                 f"--secure-port={api_port}",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--allow-privileged=true",
@@ -187,7 +191,8 @@ class Cluster:
                 f"--service-account-key-file={p.sa_pub}",
                 f"--service-account-signing-key-file={p.sa_key}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                "--endpoint-reconciler-type=none",
+                # Real nodes' kube-proxy routes the `kubernetes` Service to the reconciled endpoint.
+                f"--endpoint-reconciler-type={'lease' if self.advertise else 'none'}",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
             ],
@@ -205,9 +210,13 @@ class Cluster:
                 "--use-service-account-credentials=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={free_port()}",
-                # Pod IPs are loopback addresses here, which EndpointSlices may not carry.
-                "--controllers=*,-node-ipam-controller,-service-lb-controller,-cloud-node-lifecycle-controller,"
-                "-endpoints-controller,-endpointslice-controller,-endpointslice-mirroring-controller",
+                # kwok's pod IPs are loopback addresses, which EndpointSlices may not carry.
+                "--controllers=*,-node-ipam-controller,-service-lb-controller,-cloud-node-lifecycle-controller"
+                + (
+                    ""
+                    if self.advertise
+                    else ",-endpoints-controller,-endpointslice-controller,-endpointslice-mirroring-controller"
+                ),
                 "--concurrent-gc-syncs=5",
                 "--terminated-pod-gc-threshold=100",
             ],
@@ -263,19 +272,27 @@ class Cluster:
             ready_url=f"https://127.0.0.1:{port}/healthz",
         )
 
-    def _write_kubeconfig(self) -> None:
+    def _write_kubeconfig(self, path: Path | None = None, cert: Path | None = None, key: Path | None = None) -> Path:
         p = self.pki
+        path = path or self.kubeconfig
+        user = {"client-certificate": str(cert or p.admin_cert), "client-key": str(key or p.admin_key)}
+        who = "admin" if cert is None else "node"
         cfg = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "e2e", "cluster": {"server": self.server, "certificate-authority": str(p.ca_cert)}}],
-            "users": [
-                {"name": "admin", "user": {"client-certificate": str(p.admin_cert), "client-key": str(p.admin_key)}}
-            ],
-            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "admin"}}],
+            "users": [{"name": who, "user": user}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": who}}],
             "current-context": "e2e",
         }
-        self.kubeconfig.write_text(yaml.safe_dump(cfg))
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    def node_kubeconfig(self, node: str) -> Path:
+        """A real kubelet's kubeconfig: its own certificate, for the Node authorizer."""
+        directory = self.root / "nodes" / node
+        cert, key = client_cert(self.pki, f"system:node:{node}", "system:nodes", directory)
+        return self._write_kubeconfig(directory / "kubeconfig", cert, key)
 
     def close(self) -> None:
         for name in reversed(list(self.procs)):
@@ -394,11 +411,11 @@ class Cluster:
                     raise
 
 
-def start_cluster(root: Path) -> Cluster:
+def start_cluster(root: Path, advertise: str = "") -> Cluster:
     bin_dir = toolchain_dir()
     if root.exists():
         shutil.rmtree(root)
-    cluster = Cluster(bin_dir=bin_dir, root=root)
+    cluster = Cluster(bin_dir=bin_dir, root=root, advertise=advertise)
     try:
         cluster.start()
     except BaseException:

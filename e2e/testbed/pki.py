@@ -1,5 +1,6 @@
 """Certificates and keys for the test control plane: a CA, the API server's serving certificate, an
-admin client certificate (group system:masters) and the service-account signing key."""
+admin client certificate (group system:masters) and the service-account signing key; client
+certificates for real kubelets (client_cert)."""
 
 from __future__ import annotations
 
@@ -40,10 +41,57 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
-def make_pki(directory: Path) -> Pki:
-    directory.mkdir(parents=True, exist_ok=True)
+def _validity() -> tuple[dt.datetime, dt.datetime]:
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    until = now + dt.timedelta(days=2)
+    return now, now + dt.timedelta(days=2)
+
+
+def _leaf(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    cn: str,
+    org: str | None,
+    sans: list[x509.GeneralName],
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A certificate signed by the CA: a server's when it has SANs, else a client's."""
+    now, until = _validity()
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn, org))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if sans else ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return key, builder.sign(ca_key, hashes.SHA256())
+
+
+def client_cert(pki: Pki, cn: str, org: str | None, directory: Path) -> tuple[Path, Path]:
+    """A client certificate and key from the PKI's CA (a kubelet's: system:node:<name>, system:nodes)."""
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key, cert = _leaf(ca_cert, ca_key, cn, org, [])
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "client.crt", directory / "client.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, key)
+    return cert_path, key_path
+
+
+def make_pki(directory: Path, ips: tuple[str, ...] = ()) -> Pki:
+    """`ips`: more addresses the API server is reached at (besides 127.0.0.1 and 10.0.0.1)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now, until = _validity()
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
@@ -59,39 +107,14 @@ def make_pki(directory: Path) -> Pki:
         .sign(ca_key, hashes.SHA256())
     )
 
-    def leaf(cn: str, org: str | None, server: bool) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn, org))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(until)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-        )
-        if server:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.DNSName("kubernetes"),
-                        x509.DNSName("kubernetes.default.svc"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
-                    ]
-                ),
-                critical=False,
-            )
-        return key, builder.sign(ca_key, hashes.SHA256())
-
-    serving_key, serving_cert = leaf("kube-apiserver", None, server=True)
-    admin_key, admin_cert = leaf("notebookos-e2e-admin", "system:masters", server=False)
+    sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.DNSName("kubernetes"),
+        x509.DNSName("kubernetes.default.svc"),
+        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "10.0.0.1", *ips)),
+    ]
+    serving_key, serving_cert = _leaf(ca_cert, ca_key, "kube-apiserver", None, sans)
+    admin_key, admin_cert = _leaf(ca_cert, ca_key, "notebookos-e2e-admin", "system:masters", [])
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
     pem = serialization.Encoding.PEM

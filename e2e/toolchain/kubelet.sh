@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The real-node tier's kubelet, built from the Go module proxy like the control plane
+# The real-node tier's kubelet and kube-proxy, built from the Go module proxy like the control plane
 # (e2e/toolchain/build.sh: a wrapper module requiring k8s.io/kubernetes with every staging module
 # replaced), into its own cache folder so the control plane's cache is never touched.
 # containerd, runc and the CNI plugins come from Debian's packages (apt-get install when missing).
-# Prints the folder (bin/kubelet). Idempotent: a folder with .complete is reused as is.
+# Prints the folder (bin/kubelet, bin/kube-proxy). Idempotent: a folder with .complete is reused as is.
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.36.3}
@@ -23,7 +23,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
-if [[ -f $DEST/.complete ]]; then
+if [[ -f $DEST/.complete && -x $DEST/bin/kube-proxy ]]; then
   echo "$DEST"
   exit 0
 fi
@@ -33,7 +33,7 @@ trap 'rm -rf "$work"' EXIT
 minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
 staging_version=v0.${K8S_VERSION#v1.}
 kk_mod=$(cd "$work" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
-mkdir -p "$work/mod/cmd/kubelet"
+mkdir -p "$work/mod/cmd/kubelet" "$work/mod/cmd/kube-proxy"
 cd "$work/mod"
 go mod init notebookos.invalid/kubelet >/dev/null 2>&1
 go mod edit -go="$(awk '$1=="go"{print $2; exit}' "$kk_mod")"
@@ -57,11 +57,26 @@ import (
 
 func main() { os.Exit(cli.Run(app.NewKubeletCommand(context.Background()))) }
 GO
+cat >cmd/kube-proxy/main.go <<'GO'
+package main
+
+import (
+	"os"
+
+	"k8s.io/component-base/cli"
+	_ "k8s.io/component-base/logs/json/register"
+	_ "k8s.io/component-base/metrics/prometheus/clientgo"
+	_ "k8s.io/component-base/metrics/prometheus/version"
+	"k8s.io/kubernetes/cmd/kube-proxy/app"
+)
+
+func main() { os.Exit(cli.Run(app.NewProxyCommand())) }
+GO
 log "go mod tidy"
 GOFLAGS=-mod=mod go mod tidy >&2
 vpkg=k8s.io/component-base/version
 ldflags="-s -w -X $vpkg.gitVersion=$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
-log "go build kubelet"
-CGO_ENABLED=0 GOTOOLCHAIN=local go build -trimpath -p 1 -ldflags "$ldflags" -o "$DEST/bin/" ./cmd/kubelet >&2
+log "go build kubelet kube-proxy"
+CGO_ENABLED=0 GOTOOLCHAIN=local go build -trimpath -p 1 -ldflags "$ldflags" -o "$DEST/bin/" ./cmd/... >&2
 touch "$DEST/.complete"
 echo "$DEST"

@@ -108,6 +108,8 @@ def test_every_container_is_locked_down(helm: str, extra: list[str]) -> None:
     for where, spec in specs:
         pod_sc = spec.get("securityContext", {})
         assert pod_sc.get("seccompProfile") == {"type": "RuntimeDefault"}, where
+        # Service links (NOTEBOOKOS_BROKER_PORT=tcp://…) would override the components' settings.
+        assert spec.get("enableServiceLinks") is False, where
         assert spec.get("hostNetwork") is not True and spec.get("hostPID") is not True, where
         for c in spec.get("initContainers", []) + spec["containers"]:
             at = f"{where} container {c['name']}"
