@@ -93,15 +93,23 @@ def test_a_kernel_on_three_real_nodes_runs_cells_through_its_router(real: RealCl
     kc.start_channels()
     try:
         kc.wait_for_ready(timeout=120)
-        reply, out = run(kc, "import os\nx = 1 + 1\nprint(os.getuid(), x)", timeout=120)
+        child = (
+            "print(subprocess.run(['python', '-c', 'import os; print(os.environ[\"CUDA_VISIBLE_DEVICES\"])'],"
+            " capture_output=True, text=True).stdout, end='')"
+        )
+        code = f"import os, subprocess\nx = 1 + 1\nprint(os.getuid(), x)\n{child}"
+        reply, out = run(kc, code, timeout=120)
         assert reply["content"]["status"] == "ok", reply["content"]
-        assert text_of(out).strip() == "1000 2"
+        lines = text_of(out).splitlines()
+        assert lines[0] == "1000 2"
         # The broker (a pod, reached at its ClusterIP) granted the cell one GPU of the executing
         # replica's node, from the inventory that node's agent (a pod, fake NVML) published.
         meta = reply["metadata"]["notebookos"]
         annotations = c.core().read_node(meta["node"]).metadata.annotations
         inventory = {d["uuid"] for d in json.loads(annotations[labels.GPU_INVENTORY_ANNOTATION])}
         assert len(meta["devices"]) == 1 and set(meta["devices"]) <= inventory, (meta, inventory)
+        # A process the cell started saw only that device (kernel.md, "Which GPU a cell uses").
+        assert lines[1:] == meta["devices"], lines
         reply, out = run(kc, "print(x * 10)\nopen('/opt/notebookos/x', 'w')", timeout=120)
         # State carried from the first cell; the root filesystem refused the write.
         assert text_of(out).splitlines()[0] == "20"
