@@ -62,13 +62,12 @@ class Kube:
             if exc.status != 404:
                 raise
 
-    def patch_annotations(self, kind: str, ns: str, name: str, annotations: dict[str, str | None]) -> None:
+    def patch_annotations(self, kind: str, ns: str, name: str, annotations: dict[str, str | None]) -> Obj:
         """Merge-patch metadata.annotations (None removes a key) of a custom object or a pod."""
         body = {"metadata": {"annotations": annotations}}
         if kind == "Pod":
-            self.core.patch_namespaced_pod(name, ns, body)
-        else:
-            self.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[kind], name, body)
+            return self._dict(self.core.patch_namespaced_pod(name, ns, body))
+        return dict(self.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[kind], name, body))
 
     def patch_status(self, obj: Obj, status: dict[str, Any]) -> Obj:
         """Merge-patch these status fields (None removes one) of the object as read: its

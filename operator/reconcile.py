@@ -7,6 +7,7 @@ objects in the API server, so an operator restarted at any point picks up where 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import os
@@ -28,7 +29,7 @@ from notebookos.api import (
 )
 from notebookos.policy import hibernation
 
-from . import builders, hibernate, migration, naming, router_control
+from . import builders, cache, hibernate, migration, naming, router_control
 from . import status as st
 from .capacity import CapacityConfig
 from .config import OperatorConfig
@@ -106,8 +107,10 @@ class Reconciler(Moves):
     # ------------------------------------------------------------------------------------------ kernel
 
     def kernel(self, ns: str, name: str, verify: bool = False) -> None:
-        """Reconcile a kernel; `verify` reads again what this process knows it made."""
-        self._retrying(("kernel", ns, name), lambda: self._kernel_once(ns, name, verify))
+        """Reconcile a kernel; `verify` (the resync) reads again what this process knows it made,
+        and reads the API server, not the watch-fed cache."""
+        with cache.direct() if verify else contextlib.nullcontext():
+            self._retrying(("kernel", ns, name), lambda: self._kernel_once(ns, name, verify))
         # Cluster-wide, rate-limited: kernel reconciles (events and resync timers) drive it, so it
         # runs only in the operator that acts (kopf peering) and needs no handler of its own.
         self.scale_in.maybe_run()
@@ -308,8 +311,9 @@ class Reconciler(Moves):
 
     # ------------------------------------------------------------------------------------------ replica
 
-    def replica(self, ns: str, name: str) -> None:
-        self._retrying(("replica", ns, name), lambda: self._replica_once(ns, name))
+    def replica(self, ns: str, name: str, verify: bool = False) -> None:
+        with cache.direct() if verify else contextlib.nullcontext():
+            self._retrying(("replica", ns, name), lambda: self._replica_once(ns, name))
 
     def _replica_once(self, ns: str, name: str) -> None:
         kube = self.kube
