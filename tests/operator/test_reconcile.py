@@ -157,3 +157,28 @@ def test_event_reconciles_skip_the_fixed_children_and_the_resync_makes_a_deleted
     assert not kube.exists("Secret", NS, "k-key"), "until the resync"
     rec.kernel(NS, "k", verify=True)
     assert kube.exists("Secret", NS, "k-key"), "the resync reads them all and makes the missing one"
+
+
+def test_a_refused_capacity_request_still_writes_the_kernels_status(cfg: OperatorConfig) -> None:
+    """No PriorityClass for capacity requests (the API server's 403): the kernel's status still
+    says why it waits, and what refused the request, instead of the reconcile stopping there."""
+    from notebookos.operator.kube import Refused
+
+    class NoPriorityClass(FakeKube):
+        def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+            if "capacity" in manifest["metadata"]["name"]:
+                raise Refused("no PriorityClass with name notebookos-capacity-request was found")
+            return super().create(manifest)
+
+    kube = NoPriorityClass()
+    kube.put(kernel_obj())
+    rec, posted = _reconciler(kube, cfg)
+    rec.kernel(NS, "k")
+    unschedulable = {"type": "Scheduled", "status": "False", "reason": "Unschedulable", "message": "0/2 nodes"}
+    kube.merge("KernelReplica", NS, "k-3", {"status": {"conditions": [unschedulable]}})
+    rec.kernel(NS, "k")
+    status = kube.get_custom("NotebookKernel", NS, "k")["status"]  # type: ignore[index]
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["CapacityRequested"]["reason"] == "Refused", conds["CapacityRequested"]
+    assert "no PriorityClass" in conds["CapacityRequested"]["message"]
+    assert any(e.reason == "CapacityRequestRefused" for e in posted)
