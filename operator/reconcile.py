@@ -36,6 +36,7 @@ from .config import OperatorConfig
 from .kube import Conflict, Kube, Obj, owned_by
 from .metrics import KernelMetrics, KernelSample
 from .reconcile_moves import Moves
+from .repoint import Repoints
 from .scale_in import ScaleIn, ScaleInConfig
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Reconciler(Moves):
         # timer's reconcile (verify) reads them all again, so a deleted child is made again.
         self._made: dict[tuple[str, str], tuple[str, Obj]] = {}
         self.hibernator = hibernate.Hibernator(kube, cfg)
+        self.repoints = Repoints()
 
     def _lock(self, key: Hashable) -> threading.Lock:
         with self._guard:
@@ -235,21 +237,9 @@ class Reconciler(Moves):
 
     def _repoint_router(self, kernel: NotebookKernel, pod: Obj, made_for: str | None, members: str) -> bool:
         """Tell the live router the moved replicas' new addresses; False if it cannot be reached."""
-        if made_for is None:
-            return False
-        old, new = builders.parse_peers(made_for), builders.parse_peers(members)
-        # No members recorded: the kernel hibernated (hibernate.py cleared them) and every replica
-        # is new; they started with the complete membership and no old member is left to tell.
-        # Else the moved ones' Raft addresses go to the others too.
-        fresh = made_for == ""
-        if set(old) != set(new) and not fresh:
-            return False
-        changed = {rid for rid, addr in new.items() if fresh or old.get(rid) != addr}
-        moved: dict[int, tuple[str, str | None]] = {
-            rid: (new[rid], None if fresh else f"{new[rid].rsplit(':', 1)[0]}:{self.cfg.raft_port}") for rid in changed
-        }
-        endpoint = self.hibernator.router_endpoint(kernel, pod)  # its IP, if live; the key
-        return endpoint is not None and router_control.update_peers(*endpoint, moved)
+        moved = builders.moved_members(made_for, members, self.cfg.raft_port)
+        endpoint = self.hibernator.router_endpoint(kernel, pod) if moved else None  # its IP, if live; the key
+        return moved is not None and endpoint is not None and router_control.update_peers(*endpoint, moved)
 
     def _children(self, kernel: NotebookKernel, owner: Obj) -> Obj | None:
         """Make what a kernel has once (Secret, Services, PDB, its RBAC) where missing; returns
@@ -293,12 +283,24 @@ class Reconciler(Moves):
             node_gone = bool(node) and not kube.node_exists(node)
             made_for = ((pod.get("metadata") or {}).get("annotations") or {}).get(naming.ROUTER_MEMBERS_ANNOTATION)
             moved = members is not None and made_for != members
-            if moved and not node_gone and members is not None and self._repoint_router(kernel, pod, made_for, members):
-                # Re-pointed live, so connected clients keep their connection; the annotation
-                # records the members it now has.
-                log.info("router %s/%s re-pointed at the moved replicas (%s)", ns, pod_name, members)
-                kube.patch_annotations("Pod", ns, pod_name, {naming.ROUTER_MEMBERS_ANNOTATION: members})
-                return pod
+            live = pod
+            repointable = builders.moved_members(made_for, members or "", self.cfg.raft_port) is not None
+            if moved and not node_gone and st.pod_is_live(pod) and repointable:
+                # Re-pointed live, so connected clients keep their connection (repoint.py: off this
+                # thread; not ready meanwhile); the annotation records the members it now has.
+                want = members or ""
+                ok = self.repoints.outcome(
+                    (ns, name),
+                    want,
+                    lambda: self._repoint_router(kernel, live, made_for, want),
+                    lambda: self.kernel(ns, name),
+                )
+                if ok is None:
+                    return None
+                if ok:
+                    log.info("router %s/%s re-pointed at the moved replicas (%s)", ns, pod_name, members)
+                    kube.patch_annotations("Pod", ns, pod_name, {naming.ROUTER_MEMBERS_ANNOTATION: members})
+                    return pod
             if node_gone or moved or not st.pod_is_live(pod):
                 log.info("replacing router %s/%s (node gone: %s, replicas moved: %s)", ns, pod_name, node_gone, moved)
                 kube.delete_pod(ns, pod_name, force=node_gone)
