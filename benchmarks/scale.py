@@ -35,6 +35,7 @@ from kubernetes import client, watch
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.kernel import pct
+from benchmarks.takeover import Takeover, duplicates, start_peers
 from e2e.testbed.cluster import Cluster, start_cluster
 from e2e.testbed.stack import Stack
 from notebookos.api import GROUP, VERSION, KernelReplica, NotebookKernel
@@ -242,7 +243,7 @@ class Creation:
 def creation(cluster: Cluster, ns: str, kernels: int) -> tuple[Creation, Watcher, StandIn]:
     """K NotebookKernels created at once in `ns`, until all are Ready: the figures, per kernel."""
     op_pid = cluster.procs["operator"].proc.pid
-    cluster.kubectl("create", "namespace", ns)
+    ensure_namespace(cluster, ns)
     custom = client.CustomObjectsApi(cluster.api())
     watcher, standin = Watcher(cluster, ns), StandIn(cluster, ns)
     before, cpu0 = api_requests(cluster), proc_usage(op_pid)[0]
@@ -273,6 +274,14 @@ def creation(cluster: Cluster, ns: str, kernels: int) -> tuple[Creation, Watcher
     return fig, watcher, standin
 
 
+def ensure_namespace(cluster: Cluster, ns: str) -> None:
+    try:
+        cluster.core().create_namespace({"metadata": {"name": ns}})
+    except client.exceptions.ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
 ROWS = (
     ("created -> Ready p50 (s)", "p50"),
     ("created -> Ready p99 (s)", "p99"),
@@ -300,7 +309,7 @@ def print_creation(kernels: int, nodes: int, now: Creation, base: Creation | Non
         print(f"  {label:<44} {a:>10.1f} {b:>10.1f} {a / b if b else float('nan'):>7.2f}")
 
 
-def run(nodes: int, kernels: int, idle: float, churn: float, baseline: bool) -> None:
+def run(nodes: int, kernels: int, idle: float, churn: float, baseline: bool, takeover: bool) -> None:
     tmp = tempfile.mkdtemp(prefix="nbos-scale-")
     cluster = start_cluster(Path(tmp) / "cluster")
     try:
@@ -321,7 +330,11 @@ def run(nodes: int, kernels: int, idle: float, churn: float, baseline: bool) -> 
                 w.stop()
                 print_creation(kernels, nodes, base, None)
             cluster.stop("operator")
-            stack.start_operator(args=["-n", NS], env={"NOTEBOOKOS_WATCH_CACHE": "on"})
+            if takeover:
+                ensure_namespace(cluster, NS)
+                start_peers(stack, NS, {"NOTEBOOKOS_WATCH_CACHE": "on"})
+            else:
+                stack.start_operator(args=["-n", NS], env={"NOTEBOOKOS_WATCH_CACHE": "on"})
             op_pid = cluster.procs["operator"].proc.pid
             now, watcher, standin = creation(cluster, NS, kernels)
             watchers.append(watcher)
@@ -348,7 +361,14 @@ def run(nodes: int, kernels: int, idle: float, churn: float, baseline: bool) -> 
 
             if churn > 0:
                 custom = client.CustomObjectsApi(cluster.api())
-                churn_phase(cluster, custom, watcher, standin, churn, kernels)
+                taking = Takeover(cluster) if takeover else None
+                churn_phase(cluster, custom, watcher, standin, churn, kernels, taking)
+                if taking is not None:
+                    took = f"{taking.resumed_after:.1f} s" if taking.resumed_after is not None else "not seen"
+                    made_twice = duplicates(cluster, NS)
+                    print(f"takeover: the active operator killed (SIGKILL) halfway through the churn; the standby "
+                          f"resumed after {took}; objects made twice: {sum(made_twice.values())} "
+                          f"({', '.join(f'{k} {v}' for k, v in made_twice.items())})")  # fmt: skip
         finally:
             for w in watchers:
                 w.stop()
@@ -359,10 +379,17 @@ def run(nodes: int, kernels: int, idle: float, churn: float, baseline: bool) -> 
 
 
 def churn_phase(
-    cluster: Cluster, custom: Any, watcher: Watcher, standin: StandIn, seconds: float, kernels: int
+    cluster: Cluster,
+    custom: Any,
+    watcher: Watcher,
+    standin: StandIn,
+    seconds: float,
+    kernels: int,
+    takeover: Takeover | None = None,
 ) -> None:
     """Cells reported (router and replica status), replica pods deleted, nodes removed; the lag
-    from each disruption to its kernel Ready again."""
+    from each disruption to its kernel Ready again. `takeover`: the active operator is killed
+    halfway through."""
     core = cluster.core()
     rng = random.Random(7)
     lags: list[float] = []
@@ -394,12 +421,18 @@ def churn_phase(
                 removed += 1
                 for kk in hit - {None}:
                     pending.setdefault(str(kk), time.monotonic())
+        if takeover is not None:
+            if takeover.killed_at is None and time.monotonic() - t0 >= seconds / 2:
+                takeover.kill_active()
+            takeover.poll()
         time.sleep(0.2)
         settle(watcher, pending, lags)
     end = time.monotonic() + 300
-    while pending and time.monotonic() < end:
+    while (pending or (takeover and takeover.resumed_after is None)) and time.monotonic() < end:
         time.sleep(1)
         settle(watcher, pending, lags)
+        if takeover is not None:
+            takeover.poll()
     print(f"churn, {seconds:.0f} s: {cells} cells reported, {deleted} replica pods deleted, {removed} nodes removed")
     if lags:
         print(f"  disruption -> kernel Ready again: p50 {pct(lags, 50):.1f} s  p99 {pct(lags, 99):.1f} s "
@@ -425,12 +458,17 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="first the same burst with the operator's watch-fed caches off, printed beside it as the baseline",
     )
+    ap.add_argument(
+        "--takeover",
+        action="store_true",
+        help="two operators with kopf peering; the active one is killed halfway through the churn",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.nodes, args.kernels, args.idle, args.churn = 50, 100, 60.0, 60.0
     # Stopped, it still stops what it started (the cluster's processes are in their own sessions).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    run(args.nodes, args.kernels, args.idle, args.churn, args.baseline)
+    run(args.nodes, args.kernels, args.idle, args.churn, args.baseline, args.takeover)
 
 
 if __name__ == "__main__":

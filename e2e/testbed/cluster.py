@@ -178,7 +178,7 @@ class Cluster:
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
                 f"--secure-port={api_port}",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                "--service-cluster-ip-range=10.0.0.0/16",  # room for the scale benchmark's thousands of kernels
                 "--allow-privileged=true",
                 "--authorization-mode=Node,RBAC",
                 f"--tls-cert-file={p.serving_cert}",

@@ -98,9 +98,14 @@ class Stack:
         return self
 
     def start_operator(
-        self, name: str = "operator", args: Sequence[str] = (), env: dict[str, str] | None = None
+        self,
+        name: str = "operator",
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        peering: tuple[str, int] | None = None,
     ) -> None:
-        """`args` and `env`: beside the defaults and extra_operator_env (the scale benchmark's baseline)."""
+        """`args` and `env`: beside the defaults and extra_operator_env (the scale benchmark's
+        baseline); `peering`: (peering object, priority) instead of --standalone."""
         c = self.cluster
         port = free_port()
         self.operator_health = f"http://127.0.0.1:{port}/healthz"
@@ -112,7 +117,7 @@ class Stack:
                 sys.executable,
                 "-m",
                 "notebookos.operator",
-                "--standalone",
+                *(["--standalone"] if peering is None else ["--peering", peering[0], "--priority", str(peering[1])]),
                 f"--liveness={self.operator_health}",
                 f"--metrics-port={metrics_port}",
                 f"--scheduler-name={labels.SCHEDULER_NAME}",
