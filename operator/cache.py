@@ -5,7 +5,9 @@ A watch lags the operator's own writes. Acting on a view older than its own last
 an object twice: a replica whose status already says incarnation 2, beside a pod cache that has
 not shown pod i2 yet, would make i3. So, as controller-runtime's "expectations": every write is
 recorded (the resourceVersion it produced, or that the object is gone), and a read whose scope
-holds a write the watch has not shown yet goes to the API server instead. resourceVersions are
+holds a write the watch has not shown yet reads what that write returned in the cache's place (the
+newest state this process knows), or the API server where the write returned nothing to read (a
+create refused with 409, a status write refused with a conflict). resourceVersions are
 compared as integers (etcd revisions); one that is not an integer is satisfied only by itself, and
 an expectation not met within EXPECTATION_SECONDS is dropped (as controller-runtime's 5 minutes).
 Resync reconciles read the API server (`direct()`): the backstop if the cache is ever wrong.
@@ -135,6 +137,7 @@ class Expect:
     rv: str | None  # the version written (or a newer one seen); None: only that it exists
     gone: bool = False  # deleted: absent, or marked for deletion
     at: float = field(default_factory=time.monotonic)
+    obj: Obj | None = None  # what the write returned: newer than the cache, so read in its place
 
     def met(self, cached: Obj | None) -> bool:
         if self.gone:
@@ -166,20 +169,27 @@ class Expectations:
         with self._lock:
             return len(self._kernels)
 
-    def fresh(self, kind: str, ns: str, kernel: str, cached: Callable[[str], Obj | None], only: str = "") -> bool:
-        """Whether the cache shows every recorded write in this scope (or of the name `only`);
-        forgets those it shows."""
+    def overlay(
+        self, kind: str, ns: str, kernel: str, cached: Callable[[str], Obj | None], only: str = ""
+    ) -> dict[str, Obj | None] | None:
+        """The writes in this scope (or of the name `only`) that the cache does not show yet, as
+        what each returned (None: deleted); None if one returned nothing to read in the cache's
+        place (a create refused with 409, a conflict): then read the API server. Forgets the
+        writes the cache shows."""
         with self._lock:
             scope = self._scopes.get((kind, ns, kernel)) or {}
             todo = [(only, scope[only])] if only in scope else [] if only else list(scope.items())
         if not todo:
-            return True
-        now, ok, done = self.clock(), True, []
+            return {}
+        now, out, done = self.clock(), {}, []
+        unknown = False
         for name, e in todo:
             if e.met(cached(name)) or now - e.at > EXPECTATION_SECONDS:
                 done.append((name, e))
+            elif e.gone or e.obj is not None:
+                out[name] = None if e.gone else e.obj
             else:
-                ok = False
+                unknown = True
         with self._lock:
             live = self._scopes.get((kind, ns, kernel)) or {}
             for name, e in done:
@@ -188,7 +198,11 @@ class Expectations:
                     self._kernels.pop((kind, ns, name), None)
             if not live:
                 self._scopes.pop((kind, ns, kernel), None)
-        return ok
+        return None if unknown else out
+
+    def fresh(self, kind: str, ns: str, kernel: str, cached: Callable[[str], Obj | None], only: str = "") -> bool:
+        """Whether the cache shows every recorded write in this scope (or of the name `only`)."""
+        return self.overlay(kind, ns, kernel, cached, only) == {}
 
 
 class CachedKube:
@@ -211,14 +225,15 @@ class CachedKube:
     def _view(self, kind: str) -> View | None:
         return None if _direct.get() or kind not in CACHED else self.view
 
-    def _fresh(self, view: View, kind: str, ns: str, kernel: str) -> bool:
-        return self.expectations.fresh(kind, ns, kernel, lambda n: view.by_name(kind, ns, n))
+    def _overlay(self, view: View, kind: str, ns: str, kernel: str, only: str = "") -> dict[str, Obj | None] | None:
+        return self.expectations.overlay(kind, ns, kernel, lambda n: view.by_name(kind, ns, n), only)
 
-    def _wrote(self, obj: Obj | None, kind: str | None = None) -> None:
+    def _wrote(self, obj: Obj | None, kind: str | None = None, returned: bool = True) -> None:
+        """Record a write; `returned`: `obj` is what the API server returned for it."""
         if obj is None or (kind := kind or obj.get("kind")) not in CACHED:
             return
         meta = obj.get("metadata") or {}
-        e = Expect(_rv(obj) or None)
+        e = Expect(_rv(obj) or None, obj={**obj, "kind": kind} if returned else None)
         self.expectations.expect(kind, meta.get("namespace") or "", kernel_of(obj), meta["name"], e)
 
     # ------------------------------------------------------------------------------------ reads
@@ -231,15 +246,24 @@ class CachedKube:
         kernel = self.expectations.kernel(kind, ns, name)
         if kernel is None:
             return cached  # no write of it pending: the cache is as new as this process knows
-        fresh = self.expectations.fresh(kind, ns, kernel, lambda n: view.by_name(kind, ns, n), only=name)
-        return cached if fresh else read()
+        newer = self._overlay(view, kind, ns, kernel, only=name)
+        if newer is None:
+            return read()
+        return newer.get(name, cached)
 
     def _list(self, kind: str, ns: str, selector: str, read: Callable[[], list[Obj]]) -> list[Obj]:
         view = self._view(kind)
         kernel = next((t.split("=", 1)[1] for t in selector.split(",") if t.startswith(f"{labels.KERNEL_LABEL}=")), "")
-        if view is None or not kernel or not self._fresh(view, kind, ns, kernel):
+        newer = self._overlay(view, kind, ns, kernel) if view is not None and kernel else None
+        if view is None or newer is None:
             return read()
-        return [o for o in view.by_kernel(kind, ns, kernel) if matches((o["metadata"].get("labels") or {}), selector)]
+        items = {o["metadata"]["name"]: o for o in view.by_kernel(kind, ns, kernel)}
+        for name, obj in newer.items():
+            if obj is None:
+                items.pop(name, None)
+            else:
+                items[name] = obj
+        return [o for o in items.values() if matches(o["metadata"].get("labels") or {}, selector)]
 
     def get_custom(self, kind: str, ns: str, name: str) -> Obj | None:
         return self._get(kind, ns, name, lambda: self.inner.get_custom(kind, ns, name))
@@ -300,7 +324,7 @@ class CachedKube:
             else:
                 self._own[key] = made
         # 409: it exists, at a version this process does not know; the cache must show it.
-        self._wrote(made if made is not None else {**manifest, "metadata": {**manifest["metadata"]}})
+        self._wrote(made) if made is not None else self._wrote(manifest, returned=False)
         return made
 
     def patch_status(self, obj: Obj, status: dict[str, Any]) -> Obj:
@@ -310,7 +334,9 @@ class CachedKube:
             # Someone wrote it since this read: the next read must show something newer.
             rv = _rv(obj)
             if rv.isdigit():
-                self._wrote({**obj, "metadata": {**obj["metadata"], "resourceVersion": str(int(rv) + 1)}})
+                self._wrote(
+                    {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(int(rv) + 1)}}, returned=False
+                )
             raise
         self._wrote(written)
         return written

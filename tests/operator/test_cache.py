@@ -84,13 +84,13 @@ def test_no_second_pod_when_the_pod_cache_lags_the_operators_own_create(
     """A replica's pod is lost; the operator makes pod i2 and writes incarnation 2 to the replica.
     The replicas' watch shows that write, the pods' watch has not shown i2 yet: the replica read
     from the cache says incarnation 2 with no pod. Acting on it would make i3, a second pod for one
-    replica; the expectation of i2 sends the pod read to the API server instead."""
+    replica; the expectation of i2 puts the pod the create returned in the cache's place."""
     kube = FakeKube()
     kube.put(kernel_obj())
     rec = _cached(kube, cfg)
     _bring_up(rec, kube)
     if not expectations:
-        rec.kube.expectations.fresh = lambda *a, **k: True  # type: ignore[attr-defined,method-assign]
+        rec.kube.expectations.overlay = lambda *a, **k: {}  # type: ignore[attr-defined,method-assign]
     (lost,) = _replica_pods(kube, 2)
     kube.delete_pod(NS, lost)  # the node's kubelet, a user
     kube.watch.sync()
@@ -98,18 +98,44 @@ def test_no_second_pod_when_the_pod_cache_lags_the_operators_own_create(
     assert _replica_pods(kube, 2) == ["k-2-i2"]
     assert kube.get_custom("KernelReplica", NS, "k-2")["status"]["incarnation"] == 2  # type: ignore[index]
     kube.watch.sync("KernelReplica")  # the replicas' watch is ahead of the pods'
+    kube.reads.clear()
     rec.replica(NS, "k-2")
     if expectations:
         assert _replica_pods(kube, 2) == ["k-2-i2"], "one pod per replica"
+        assert kube.reads["Pod"] == 0, "the operator's own create, read in place of the cache"
     else:
         assert _replica_pods(kube, 2) == ["k-2-i2", "k-2-i3"], "the stale cache would make a second pod"
 
 
-def test_a_stale_kernel_read_after_the_operators_own_status_write_goes_to_the_api_server(
+def test_the_operator_reads_its_own_writes_while_the_cache_lags(cfg: OperatorConfig) -> None:
+    kube = FakeKube()
+    kube.put(kernel_obj())
+    rec = _cached(kube, cfg)
+    _bring_up(rec, kube)
+    _run_pods(kube, ready=False)
+    kube.watch.sync()
+    for r in kube.of_kind("KernelReplica", NS):
+        rec.replica(NS, r["metadata"]["name"])  # writes the replicas' status; not synced
+    rec.kernel(NS, "k")  # reads them: the writes' own results
+    status = kube.get_custom("NotebookKernel", NS, "k")["status"]  # type: ignore[index]
+    assert status["phase"] == "Degraded", "the kernel saw its replicas' new status"
+    _run_pods(kube, ready=True)
+    kube.watch.sync("Pod")
+    kube.reads.clear()
+    for r in kube.of_kind("KernelReplica", NS):
+        rec.replica(NS, r["metadata"]["name"])
+    rec.kernel(NS, "k")
+    reads = {k: kube.reads[k] for k in CACHED_READS if kube.reads[k]}
+    assert kube.get_custom("NotebookKernel", NS, "k")["status"]["phase"] == "Ready"  # type: ignore[index]
+    assert reads == {}, f"{reads}: no API reads, no conflicts"
+
+
+def test_a_stale_kernel_read_after_a_conflict_goes_to_the_api_server(
     cfg: OperatorConfig,
 ) -> None:
-    """The kernel's watch has not shown the operator's last status write: reading the cache would
-    give a resourceVersion the compare-and-swap refuses, five times over."""
+    """The router wrote the kernel after the operator's last status write, and the watch has shown
+    neither: the operator's write conflicts, and its retry reads the API server, not the cache
+    (which would conflict five times over)."""
     kube = FakeKube()
     kube.put(kernel_obj())
     rec = _cached(kube, cfg)
@@ -124,8 +150,14 @@ def test_a_stale_kernel_read_after_the_operators_own_status_write_goes_to_the_ap
     assert written[0] == "NotebookKernel" and written[2]["phase"] == "Degraded"
     kube.merge("NotebookKernel", NS, "k", {"status": {"cells": 3}})  # the router, meanwhile
     kube.reads.clear()
+    _run_pods(kube, ready=True)  # something for the kernel's reconcile to write
+    kube.watch.sync("Pod")
+    for r in kube.of_kind("KernelReplica", NS):
+        rec.replica(NS, r["metadata"]["name"])
     rec.kernel(NS, "k")
-    assert kube.reads["NotebookKernel"] == 1, "one direct read, no conflicts"
+    assert kube.reads["NotebookKernel"] == 1, "one direct read after the conflict"
+    status = kube.get_custom("NotebookKernel", NS, "k")["status"]  # type: ignore[index]
+    assert status["phase"] == "Ready" and status["cells"] == 3
 
 
 def test_expectations_compare_resource_versions_and_expire() -> None:
