@@ -92,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose, log_prefix=True)  # "[namespace/name]" on object logs
     logging.getLogger("notebookos").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("urllib3").setLevel(logging.INFO)  # one line per request drowns the rest
+    if not args.verbose:
+        # kopf logs each handler's and indexer's success, lines per event at scale; failures stay.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     from . import handlers  # registers the handlers
     from .handlers import cache, resync
 

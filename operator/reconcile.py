@@ -70,6 +70,7 @@ class Reconciler(Moves):
         # Mutual exclusion only (one reconcile per object at a time inside this process); no state.
         self._guard = threading.Lock()
         self._locks: dict[Hashable, threading.Lock] = {}
+        self._waiting: dict[tuple[Hashable, Hashable], threading.Event] = {}
         self._timers: dict[Hashable, threading.Timer] = {}
         # A cache, not state: the kernels whose fixed children (Secret, Services, PDB, RBAC) this
         # process has made or seen, with their router Service. Event-driven reconciles skip those
@@ -83,15 +84,34 @@ class Reconciler(Moves):
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def _retrying(self, key: Hashable, fn: Callable[[], None]) -> None:
-        with self._lock(key):
-            for _ in range(ATTEMPTS):
-                try:
-                    fn()
-                    return
-                except Conflict:
-                    continue  # someone wrote the object meanwhile: read again, decide again
-            log.warning("gave up on %s after %d conflicting writes; the next event retries", key, ATTEMPTS)
+    def _retrying(self, key: Hashable, fn: Callable[[], None], variant: Hashable = None) -> None:
+        # Coalesced: while a reconcile of an object runs, one more (of each variant) waits for it;
+        # a third caller waits for that one's run instead of running again: it begins after the
+        # third's call, so it reads the cluster after that caller's event too (a kernel's replicas
+        # and pods send bursts of events, each asking for a reconcile). Every caller still returns
+        # only after a reconcile that began after its call.
+        waiting = (key, variant)
+        with self._guard:
+            turn = self._waiting.get(waiting)
+            mine = turn is None
+            if turn is None:
+                turn = self._waiting[waiting] = threading.Event()
+        if not mine:
+            turn.wait()
+            return
+        try:
+            with self._lock(key):
+                with self._guard:
+                    del self._waiting[waiting]  # from now on, a new caller waits for the next run
+                for _ in range(ATTEMPTS):
+                    try:
+                        fn()
+                        return
+                    except Conflict:
+                        continue  # someone wrote the object meanwhile: read again, decide again
+                log.warning("gave up on %s after %d conflicting writes; the next event retries", key, ATTEMPTS)
+        finally:
+            turn.set()
 
     def _write_status(self, obj: Obj, old: Any, new: Any, events: list[st.Event]) -> bool:
         """Write the operator's fields of `new` that differ from `old` (owners.py: other writers'
@@ -112,7 +132,7 @@ class Reconciler(Moves):
         """Reconcile a kernel; `verify` (the resync) reads again what this process knows it made,
         and reads the API server, not the watch-fed cache."""
         with cache.direct() if verify else contextlib.nullcontext():
-            self._retrying(("kernel", ns, name), lambda: self._kernel_once(ns, name, verify))
+            self._retrying(("kernel", ns, name), lambda: self._kernel_once(ns, name, verify), verify)
         # Cluster-wide, rate-limited: kernel reconciles (events and resync timers) drive it, so it
         # runs only in the operator that acts (kopf peering) and needs no handler of its own.
         self.scale_in.maybe_run()
@@ -315,7 +335,7 @@ class Reconciler(Moves):
 
     def replica(self, ns: str, name: str, verify: bool = False) -> None:
         with cache.direct() if verify else contextlib.nullcontext():
-            self._retrying(("replica", ns, name), lambda: self._replica_once(ns, name))
+            self._retrying(("replica", ns, name), lambda: self._replica_once(ns, name), verify)
 
     def _replica_once(self, ns: str, name: str) -> None:
         kube = self.kube
