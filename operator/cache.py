@@ -70,12 +70,16 @@ def kernel_of(obj: Mapping[str, Any]) -> str:
 
 
 def slim(body: Mapping[str, Any]) -> Obj:
-    """What the cache keeps of an object: all but managedFields (and a node's image list), the
-    largest parts, which no reconcile reads. Shares the rest with `body` (read-only)."""
+    """What the cache keeps of an object: all but the largest parts, which no reconcile reads:
+    managedFields, a node's image list, and a pod's spec but its nodeName (containers, volumes,
+    affinity: most of a pod). Shares the rest with `body` (read-only)."""
     meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
     out = {**body, "metadata": meta}
     if body.get("kind") == "Node" and "images" in (body.get("status") or {}):
         out["status"] = {k: v for k, v in body["status"].items() if k != "images"}
+    if body.get("kind") == "Pod":
+        node = (body.get("spec") or {}).get("nodeName")
+        out["spec"] = {"nodeName": node} if node else {}
     return out
 
 

@@ -181,11 +181,12 @@ def test_index_entries_drop_managed_fields_and_key_by_kernel() -> None:
     body: dict[str, Any] = {
         "kind": "Pod",
         "metadata": {"name": "k-1-i1", "namespace": NS, "labels": {"notebookos.io/kernel": "k"}, "managedFields": [1]},
-        "spec": {},
+        "spec": {"nodeName": "n1", "containers": [{"name": "replica"}]},
     }
     entries = cache.index_entries(body)
     assert set(entries) == {("name", NS, "k-1-i1"), ("kernel", NS, "k")}
     assert "managedFields" not in entries[("name", NS, "k-1-i1")]["metadata"]
+    assert entries[("name", NS, "k-1-i1")]["spec"] == {"nodeName": "n1"}, "of a pod's spec, only its node"
     assert "managedFields" in body["metadata"], "the event's own body is left alone"
 
 
