@@ -325,13 +325,16 @@ def run(nodes: int, kernels: int, idle: float, churn: float, baseline: bool, tak
                 # The same burst first with the caches off, in a namespace of its own and an
                 # operator that watches only that one; then that operator stops.
                 cluster.stop("operator")
+                # Made first: an operator started before its namespace existed sometimes never
+                # started its watches there (kopf 1.45, seen twice in these runs).
+                ensure_namespace(cluster, BASELINE_NS)
                 stack.start_operator(args=["-n", BASELINE_NS], env={"NOTEBOOKOS_WATCH_CACHE": "off"})
                 base, w, _ = creation(cluster, BASELINE_NS, kernels)
                 w.stop()
                 print_creation(kernels, nodes, base, None)
             cluster.stop("operator")
+            ensure_namespace(cluster, NS)
             if takeover:
-                ensure_namespace(cluster, NS)
                 start_peers(stack, NS, {"NOTEBOOKOS_WATCH_CACHE": "on"})
             else:
                 stack.start_operator(args=["-n", NS], env={"NOTEBOOKOS_WATCH_CACHE": "on"})
