@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -28,6 +29,7 @@ from notebookos import labels
 from .kube import Conflict, Kube, Obj
 
 EXPECTATION_SECONDS = 60.0
+SWEEP_SECONDS = 5.0  # how often writes look for expectations met or expired in every scope
 CACHED = ("NotebookKernel", "KernelReplica", "Pod", "Node")
 _direct: contextvars.ContextVar[bool] = contextvars.ContextVar("notebookos_direct_reads", default=False)
 
@@ -204,6 +206,14 @@ class Expectations:
                 self._scopes.pop((kind, ns, kernel), None)
         return None if unknown else out
 
+    def sweep(self, cached: Callable[[str, str, str], Obj | None]) -> None:
+        """Forget the writes the cache shows, or that are too old, in every scope: a scope read only
+        by resyncs (which read the API server) would otherwise hold its last write's object."""
+        with self._lock:
+            scopes = list(self._scopes)
+        for kind, ns, kernel in scopes:
+            self.overlay(kind, ns, kernel, functools.partial(cached, kind, ns))
+
     def fresh(self, kind: str, ns: str, kernel: str, cached: Callable[[str], Obj | None], only: str = "") -> bool:
         """Whether the cache shows every recorded write in this scope (or of the name `only`)."""
         return self.overlay(kind, ns, kernel, cached, only) == {}
@@ -219,6 +229,7 @@ class CachedKube:
         self.view = view
         self.expectations = Expectations()
         self._own: dict[tuple[str, str], Obj | None] = {}  # peers ConfigMaps, see _configmap
+        self._swept = time.monotonic()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -239,6 +250,10 @@ class CachedKube:
         meta = obj.get("metadata") or {}
         e = Expect(_rv(obj) or None, obj={**obj, "kind": kind} if returned else None)
         self.expectations.expect(kind, meta.get("namespace") or "", kernel_of(obj), meta["name"], e)
+        now, view = time.monotonic(), self.view
+        if view is not None and now - self._swept > SWEEP_SECONDS:
+            self._swept = now
+            self.expectations.sweep(view.by_name)
 
     # ------------------------------------------------------------------------------------ reads
 

@@ -204,3 +204,17 @@ def test_the_indexes_are_registered_and_viewed_by_kind() -> None:
     view = handlers.view({i: index for i in handlers.IDS.values()})
     assert view is not None and view.by_name("Pod", NS, "k") == {"metadata": {"name": "k"}}
     assert view.by_kernel("Pod", NS, "k") == []
+
+
+def test_a_sweep_forgets_what_the_cache_shows_and_what_is_too_old() -> None:
+    now = [0.0]
+    exp = Expectations(clock=lambda: now[0])
+    exp.expect("Pod", NS, "k", "shown", Expect("5", obj={"metadata": {"name": "shown"}}))
+    exp.expect("Pod", NS, "k", "lagging", Expect("9", obj={"metadata": {"name": "lagging"}}))
+    exp.expect("KernelReplica", NS, "j", "old", Expect("3"))
+    seen = {"shown": {"metadata": {"resourceVersion": "5"}}}
+    exp.sweep(lambda kind, ns, name: seen.get(name))
+    assert exp.pending() == 2 and exp.kernel("Pod", NS, "shown") is None
+    now[0] = cache.EXPECTATION_SECONDS + 1
+    exp.sweep(lambda kind, ns, name: None)
+    assert exp.pending() == 0, "too old: forgotten, objects and all"
