@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 
 class Repoints:
-    def __init__(self, workers: int = 4) -> None:
+    # Threads that mostly wait on a socket: enough that a node's worth of moved replicas (a dozen
+    # kernels) is not queued behind routers that do not answer.
+    def __init__(self, workers: int = 16) -> None:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="repoint")
         self._lock = threading.Lock()
         self._inflight: dict[Hashable, tuple[str, Future[bool]]] = {}
