@@ -20,7 +20,7 @@ from notebookos.operator import naming
 
 PEERING = "notebookos"
 STANDBY = "operator-standby"
-RESUMED = "Resuming the watch-stream for notebookkernels"
+RESUMED = "Resuming operations after the pause"  # kopf, at INFO
 TERMINAL = {"Succeeded", "Failed"}
 
 
