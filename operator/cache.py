@@ -257,17 +257,30 @@ class CachedKube:
 
     # ------------------------------------------------------------------------------------ reads
 
+    def _seen(self, kind: str, obj: Obj | None) -> Obj | None:
+        """An object read from the API server that is newer than the cache is read in the cache's
+        place until the cache shows it, as the operator's own writes: a later reconcile must not act
+        on an older state than one this process has already acted on (a resync saw a router ready,
+        the next event's reconcile must not write it back to not ready from a lagging cache)."""
+        view = self.view
+        if obj is not None and view is not None and kind in CACHED:
+            meta = obj.get("metadata") or {}
+            cached = view.by_name(kind, meta.get("namespace") or "", meta.get("name") or "")
+            if cached is None or not _at_least(_rv(cached), _rv(obj)):
+                self._wrote(obj, kind)
+        return obj
+
     def _get(self, kind: str, ns: str, name: str, read: Callable[[], Obj | None]) -> Obj | None:
         view = self._view(kind)
         if view is None:
-            return read()
+            return self._seen(kind, read())
         cached = view.by_name(kind, ns, name)
         kernel = self.expectations.kernel(kind, ns, name)
         if kernel is None:
             return cached  # no write of it pending: the cache is as new as this process knows
         newer = self._overlay(view, kind, ns, kernel, only=name)
         if newer is None:
-            return read()
+            return self._seen(kind, read())
         return newer.get(name, cached)
 
     def _list(self, kind: str, ns: str, selector: str, read: Callable[[], list[Obj]]) -> list[Obj]:
@@ -275,7 +288,7 @@ class CachedKube:
         kernel = next((t.split("=", 1)[1] for t in selector.split(",") if t.startswith(f"{labels.KERNEL_LABEL}=")), "")
         newer = self._overlay(view, kind, ns, kernel) if view is not None and kernel else None
         if view is None or newer is None:
-            return read()
+            return [o for o in read() if self._seen(kind, o) is not None]
         items = {o["metadata"]["name"]: o for o in view.by_kernel(kind, ns, kernel)}
         for name, obj in newer.items():
             if obj is None:

@@ -218,3 +218,24 @@ def test_a_sweep_forgets_what_the_cache_shows_and_what_is_too_old() -> None:
     now[0] = cache.EXPECTATION_SECONDS + 1
     exp.sweep(lambda kind, ns, name: None)
     assert exp.pending() == 0, "too old: forgotten, objects and all"
+
+
+def test_what_a_resync_read_is_not_undone_by_a_lagging_cache(cfg: OperatorConfig) -> None:
+    """A resync reads the API server and sees the router ready; the pods' watch still shows it
+    pending. The next event's reconcile reads the resync's version, not the cache's older one, so
+    the kernel's status does not go back."""
+    kube = FakeKube()
+    kube.put(kernel_obj())
+    rec = _cached(kube, cfg)
+    _bring_up(rec, kube)
+    router = kube.get("Pod", NS, "k-router")
+    assert router is not None
+    kube.merge("Pod", NS, "k-router", {"status": {"conditions": [{"type": "Ready", "status": "False"}]}})
+    kube.watch.sync()  # the watch shows the router not ready
+    rec.kernel(NS, "k")
+    assert kube.get_custom("NotebookKernel", NS, "k")["status"]["phase"] == "Degraded"  # type: ignore[index]
+    kube.merge("Pod", NS, "k-router", {"status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+    rec.kernel(NS, "k", verify=True)  # the resync reads the API server: ready again
+    assert kube.get_custom("NotebookKernel", NS, "k")["status"]["phase"] == "Ready"  # type: ignore[index]
+    rec.kernel(NS, "k")  # an event's reconcile; the pods' watch has not shown the router ready yet
+    assert kube.get_custom("NotebookKernel", NS, "k")["status"]["phase"] == "Ready"  # type: ignore[index]
