@@ -244,8 +244,9 @@ class CachedKube:
         return self.expectations.overlay(kind, ns, kernel, lambda n: view.by_name(kind, ns, n), only)
 
     def _wrote(self, obj: Obj | None, kind: str | None = None, returned: bool = True) -> None:
-        """Record a write; `returned`: `obj` is what the API server returned for it."""
-        if obj is None or (kind := kind or obj.get("kind")) not in CACHED:
+        """Record a write; `returned`: `obj` is what the API server returned for it. Without a view
+        (kopf not started yet) nothing reads the cache, so nothing is recorded."""
+        if obj is None or self.view is None or (kind := kind or obj.get("kind")) not in CACHED:
             return
         meta = obj.get("metadata") or {}
         e = Expect(_rv(obj) or None, obj={**obj, "kind": kind} if returned else None)
@@ -387,7 +388,9 @@ class CachedKube:
         self._gone(kind, ns, name)
 
     def _gone(self, kind: str, ns: str, name: str) -> None:
-        cached = self.view.by_name(kind, ns, name) if self.view is not None else None
+        if self.view is None:
+            return
+        cached = self.view.by_name(kind, ns, name)
         kernel = kernel_of(cached) if cached is not None else self.expectations.kernel(kind, ns, name)
         if kernel is not None:  # neither cached nor expected: the cache cannot show it alive
             self.expectations.expect(kind, ns, kernel, name, Expect(None, gone=True))
