@@ -27,6 +27,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,14 @@ from kubernetes import client, watch
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.kernel import pct
+from benchmarks.takeover import Takeover, duplicates, start_peers
 from e2e.testbed.cluster import Cluster, start_cluster
 from e2e.testbed.stack import Stack
 from notebookos.api import GROUP, VERSION, KernelReplica, NotebookKernel
 from notebookos.kernel.report import HEARTBEAT_PERIOD, now_rfc3339
 
 NS = "scale"
+BASELINE_NS = "scale-baseline"
 OLD_HEARTBEAT_PERIOD = 10.0  # what replicas wrote before report.ReplicaReport: the baseline
 WRITES = {"POST", "PUT", "PATCH", "DELETE", "APPLY"}
 OURS = {NotebookKernel.crd_plural, KernelReplica.crd_plural, "pods", "services", "secrets", "configmaps",
@@ -100,8 +103,9 @@ def filter_p99(url: str) -> float | None:
 class Watcher:
     """When each kernel was first (and last) seen Ready, from a watch."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, ns: str = NS) -> None:
         self.custom = client.CustomObjectsApi(cluster.api())
+        self.ns = ns
         self.ready_at: dict[str, float] = {}
         self.phase: dict[str, str] = {}
         self.history: dict[str, list[tuple[float, str]]] = {}
@@ -119,7 +123,7 @@ class Watcher:
     def _watch(self) -> None:
         w = watch.Watch()
         listing = self.custom.list_namespaced_custom_object
-        for ev in w.stream(listing, GROUP, VERSION, NS, NotebookKernel.crd_plural, timeout_seconds=60):
+        for ev in w.stream(listing, GROUP, VERSION, self.ns, NotebookKernel.crd_plural, timeout_seconds=60):
             obj = ev["object"]
             name, phase = obj["metadata"]["name"], (obj.get("status") or {}).get("phase", "")
             with self.changed:
@@ -155,8 +159,9 @@ class StandIn:
     """What the replicas write to their status: the Raft view once Ready, then a heartbeat every
     HEARTBEAT_PERIOD (kernel_image/report.py), and a new commitIndex with every cell."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, ns: str = NS) -> None:
         self.custom = client.CustomObjectsApi(cluster.api())
+        self.ns = ns
         self.period = HEARTBEAT_PERIOD
         self.rng = random.Random(11)
         self.last: dict[str, float] = {}
@@ -168,7 +173,7 @@ class StandIn:
         body = {"status": {"raft": raft, "lastHeartbeat": now_rfc3339()}}
         try:
             self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, NS, KernelReplica.crd_plural, replica, body
+                GROUP, VERSION, self.ns, KernelReplica.crd_plural, replica, body
             )
             # Replicas start at different times: their heartbeats are spread over the period, so
             # an idle window shorter than the period still sees its share of them.
@@ -177,7 +182,7 @@ class StandIn:
             pass
 
     def tick(self) -> None:
-        listed: Any = self.custom.list_namespaced_custom_object(GROUP, VERSION, NS, KernelReplica.crd_plural)
+        listed: Any = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, KernelReplica.crd_plural)
         items = listed["items"]
         now = time.monotonic()
         due = [
@@ -219,7 +224,92 @@ def kernel_manifest(i: int) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "NotebookKernel", "metadata": {"name": f"k{i:04d}"}, "spec": {}}
 
 
-def run(nodes: int, kernels: int, idle: float, churn: float) -> None:
+@dataclass
+class Creation:
+    """One creation burst's figures (see `creation`)."""
+
+    ready: int
+    p50: float
+    p99: float
+    all_ready: float
+    requests: float  # per kernel, all clients (the API server's count)
+    reads: float
+    writes: float
+    ours: float  # writes to kernel objects, pods and Events
+    cpu_ms: float  # the operator's, per kernel
+    rss: float  # the operator's peak, MB
+
+
+def creation(cluster: Cluster, ns: str, kernels: int) -> tuple[Creation, Watcher, StandIn]:
+    """K NotebookKernels created at once in `ns`, until all are Ready: the figures, per kernel."""
+    op_pid = cluster.procs["operator"].proc.pid
+    ensure_namespace(cluster, ns)
+    custom = client.CustomObjectsApi(cluster.api())
+    watcher, standin = Watcher(cluster, ns), StandIn(cluster, ns)
+    before, cpu0 = api_requests(cluster), proc_usage(op_pid)[0]
+    t0 = time.monotonic()
+    created: dict[str, float] = {}
+
+    def create(i: int) -> None:
+        m = kernel_manifest(i)
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, NotebookKernel.crd_plural, m)
+        created[m["metadata"]["name"]] = time.monotonic()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, range(kernels)))
+    print(f"{kernels} NotebookKernels created in {ns} in {time.monotonic() - t0:.1f} s", flush=True)
+    deadline = time.monotonic() + 1800
+    while not watcher.wait(lambda: len(watcher.ready_at) >= kernels, 10) and time.monotonic() < deadline:
+        standin.tick()
+        print(f"  {len(watcher.ready_at)} Ready after {time.monotonic() - t0:.0f} s", flush=True)
+    standin.tick()
+    all_ready = time.monotonic() - t0
+    lat = [watcher.ready_at[n] - created[n] for n in created if n in watcher.ready_at]
+    after, (cpu1, rss) = api_requests(cluster), proc_usage(op_pid)
+    n_all, n_w, n_ours = totals(after - before)
+    print(f"  most requests: {top(after - before)}")
+    k = kernels
+    fig = Creation(len(lat), pct(lat, 50), pct(lat, 99), all_ready, n_all / k, (n_all - n_w) / k, n_w / k,
+                   n_ours / k, (cpu1 - cpu0) / k * 1e3, rss)  # fmt: skip
+    return fig, watcher, standin
+
+
+def ensure_namespace(cluster: Cluster, ns: str) -> None:
+    try:
+        cluster.core().create_namespace({"metadata": {"name": ns}})
+    except client.exceptions.ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
+ROWS = (
+    ("created -> Ready p50 (s)", "p50"),
+    ("created -> Ready p99 (s)", "p99"),
+    ("all Ready (s; goal 120)", "all_ready"),
+    ("API requests per kernel", "requests"),
+    ("  reads (GET, LIST, WATCH)", "reads"),
+    ("  writes", "writes"),
+    ("  of them to kernel objects, pods, Events", "ours"),
+    ("operator CPU per kernel (ms)", "cpu_ms"),
+    ("operator peak RSS (MB; goal < 500)", "rss"),
+)
+
+
+def print_creation(kernels: int, nodes: int, now: Creation, base: Creation | None) -> None:
+    print()
+    print(f"creation of {kernels} kernels on {nodes} nodes ({now.ready} Ready):")
+    if base is None:
+        for label, attr in ROWS:
+            print(f"  {label:<44} {getattr(now, attr):>10.1f}")
+        return
+    print("  baseline: the same burst earlier in this run, the operator's watch-fed caches off")
+    print(f"  {'':<44} {'cache':>10} {'baseline':>10} {'ratio':>7}")
+    for label, attr in ROWS:
+        a, b = getattr(now, attr), getattr(base, attr)
+        print(f"  {label:<44} {a:>10.1f} {b:>10.1f} {a / b if b else float('nan'):>7.2f}")
+
+
+def run(nodes: int, kernels: int, idle: float, churn: float, baseline: bool, takeover: bool) -> None:
     tmp = tempfile.mkdtemp(prefix="nbos-scale-")
     cluster = start_cluster(Path(tmp) / "cluster")
     try:
@@ -228,46 +318,37 @@ def run(nodes: int, kernels: int, idle: float, churn: float) -> None:
             cluster.add_gpu_nodes(min(50, nodes - start), prefix="gpu")
         print(f"{nodes} kwok GPU nodes in {time.monotonic() - t:.0f} s", flush=True)
         stack = Stack(cluster, process_pods=False).start()
-        op_pid = cluster.procs["operator"].proc.pid
-        cluster.kubectl("create", "namespace", NS)
-        custom = client.CustomObjectsApi(cluster.api())
-        watcher, standin = Watcher(cluster), StandIn(cluster)
+        base = None
+        watchers: list[Watcher] = []
         try:
-            before, cpu0 = api_requests(cluster), proc_usage(op_pid)[0]
-            t0 = time.monotonic()
-            created: dict[str, float] = {}
-
-            def create(i: int) -> None:
-                m = kernel_manifest(i)
-                custom.create_namespaced_custom_object(GROUP, VERSION, NS, NotebookKernel.crd_plural, m)
-                created[m["metadata"]["name"]] = time.monotonic()
-
-            with ThreadPoolExecutor(8) as pool:
-                list(pool.map(create, range(kernels)))
-            print(f"{kernels} NotebookKernels created in {time.monotonic() - t0:.1f} s", flush=True)
-            deadline = time.monotonic() + 1800
-            while not watcher.wait(lambda: len(watcher.ready_at) >= kernels, 10) and time.monotonic() < deadline:
-                standin.tick()
-                print(f"  {len(watcher.ready_at)} Ready after {time.monotonic() - t0:.0f} s", flush=True)
-            standin.tick()
-            all_ready = time.monotonic() - t0
-            lat = [watcher.ready_at[n] - created[n] for n in created if n in watcher.ready_at]
-            after, (cpu1, rss) = api_requests(cluster), proc_usage(op_pid)
-            n_all, n_w, n_ours = totals(after - before)
-            print(f"  most requests: {top(after - before)}")
-            print()
-            print(f"creation of {kernels} kernels on {nodes} nodes ({len(lat)} Ready):")
-            print(f"  created -> Ready  p50 {pct(lat, 50):.1f} s  p99 {pct(lat, 99):.1f} s  all {all_ready:.1f} s"
-                  "   (goal: all within 120 s)")  # fmt: skip
-            print(f"  API requests per kernel: {n_all / kernels:.1f} (writes {n_w / kernels:.1f}, "
-                  f"of them to kernel objects, pods and Events {n_ours / kernels:.1f})")  # fmt: skip
-            print(f"  operator: {cpu1 - cpu0:.1f} CPU s ({(cpu1 - cpu0) / kernels * 1e3:.0f} ms per kernel), "
-                  f"peak RSS {rss:.0f} MB (goal < 500 MB)")  # fmt: skip
+            if baseline:
+                # The same burst first with the caches off, in a namespace of its own and an
+                # operator that watches only that one; then that operator stops.
+                cluster.stop("operator")
+                # Made first: an operator started before its namespace existed sometimes never
+                # started its watches there (kopf 1.45, seen twice in these runs).
+                ensure_namespace(cluster, BASELINE_NS)
+                stack.start_operator(args=["-n", BASELINE_NS], env={"NOTEBOOKOS_WATCH_CACHE": "off"})
+                base, w, _ = creation(cluster, BASELINE_NS, kernels)
+                w.stop()
+                print_creation(kernels, nodes, base, None)
+            cluster.stop("operator")
+            ensure_namespace(cluster, NS)
+            if takeover:
+                start_peers(stack, NS, {"NOTEBOOKOS_WATCH_CACHE": "on"})
+            else:
+                stack.start_operator(args=["-n", NS], env={"NOTEBOOKOS_WATCH_CACHE": "on"})
+            op_pid = cluster.procs["operator"].proc.pid
+            now, watcher, standin = creation(cluster, NS, kernels)
+            watchers.append(watcher)
+            print_creation(kernels, nodes, now, base)
             p99 = filter_p99(stack.extender_url)
-            print(f"  extender filter p99 during the burst: <= {p99 * 1e3:.1f} ms" if p99 else "  no filter calls")
+            print(f"  extender filter p99 during the bursts: <= {p99 * 1e3:.1f} ms" if p99 else "  no filter calls")
 
             figures = {}
             for label, period in (("now", HEARTBEAT_PERIOD), ("baseline", OLD_HEARTBEAT_PERIOD)):
+                if idle <= 0:
+                    break
                 print(f"operator busy {quiesce(op_pid):.0f} s more, working off the events queued so far", flush=True)
                 standin.period = period
                 figures[label] = idle_phase(cluster, standin, op_pid, idle, kernels)
@@ -276,14 +357,24 @@ def run(nodes: int, kernels: int, idle: float, churn: float) -> None:
                       f"minute: {f[2]:.2f} writes to kernel objects, pods and Events (goal <= 1); all writes, node "
                       f"leases included, {f[1]:.2f}; requests {f[0]:.1f}. Operator {f[3]:.1f} CPU s/min")  # fmt: skip
             standin.period = HEARTBEAT_PERIOD
-            now_, base = figures["now"], figures["baseline"]
-            print(f"  ratio now / baseline: writes {now_[2] / max(base[2], 1e-9):.2f}, "
-                  f"operator CPU {now_[3] / max(base[3], 1e-9):.2f}")  # fmt: skip
+            if figures:
+                now_, old = figures["now"], figures["baseline"]
+                print(f"  ratio now / baseline: writes {now_[2] / max(old[2], 1e-9):.2f}, "
+                      f"operator CPU {now_[3] / max(old[3], 1e-9):.2f}")  # fmt: skip
 
             if churn > 0:
-                churn_phase(cluster, custom, watcher, standin, churn, kernels)
+                custom = client.CustomObjectsApi(cluster.api())
+                taking = Takeover(cluster) if takeover else None
+                churn_phase(cluster, custom, watcher, standin, churn, kernels, taking)
+                if taking is not None:
+                    took = f"{taking.resumed_after:.1f} s" if taking.resumed_after is not None else "not seen"
+                    made_twice = duplicates(cluster, NS)
+                    print(f"takeover: the active operator killed (SIGKILL) halfway through the churn; the standby "
+                          f"resumed after {took}; objects made twice: {sum(made_twice.values())} "
+                          f"({', '.join(f'{k} {v}' for k, v in made_twice.items())})")  # fmt: skip
         finally:
-            watcher.stop()
+            for w in watchers:
+                w.stop()
             stack.close()
     finally:
         cluster.close()
@@ -291,10 +382,17 @@ def run(nodes: int, kernels: int, idle: float, churn: float) -> None:
 
 
 def churn_phase(
-    cluster: Cluster, custom: Any, watcher: Watcher, standin: StandIn, seconds: float, kernels: int
+    cluster: Cluster,
+    custom: Any,
+    watcher: Watcher,
+    standin: StandIn,
+    seconds: float,
+    kernels: int,
+    takeover: Takeover | None = None,
 ) -> None:
     """Cells reported (router and replica status), replica pods deleted, nodes removed; the lag
-    from each disruption to its kernel Ready again."""
+    from each disruption to its kernel Ready again. `takeover`: the active operator is killed
+    halfway through."""
     core = cluster.core()
     rng = random.Random(7)
     lags: list[float] = []
@@ -326,12 +424,18 @@ def churn_phase(
                 removed += 1
                 for kk in hit - {None}:
                     pending.setdefault(str(kk), time.monotonic())
+        if takeover is not None:
+            if takeover.killed_at is None and time.monotonic() - t0 >= seconds / 2:
+                takeover.kill_active()
+            takeover.poll()
         time.sleep(0.2)
         settle(watcher, pending, lags)
     end = time.monotonic() + 300
-    while pending and time.monotonic() < end:
+    while (pending or (takeover and takeover.resumed_after is None)) and time.monotonic() < end:
         time.sleep(1)
         settle(watcher, pending, lags)
+        if takeover is not None:
+            takeover.poll()
     print(f"churn, {seconds:.0f} s: {cells} cells reported, {deleted} replica pods deleted, {removed} nodes removed")
     if lags:
         print(f"  disruption -> kernel Ready again: p50 {pct(lags, 50):.1f} s  p99 {pct(lags, 99):.1f} s "
@@ -352,12 +456,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kernels", type=int, default=1000)
     ap.add_argument("--idle", type=float, default=120.0, help="seconds of each idle phase")
     ap.add_argument("--churn", type=float, default=120.0, help="seconds of the churn phase")
+    ap.add_argument(
+        "--baseline",
+        action="store_true",
+        help="first the same burst with the operator's watch-fed caches off, printed beside it as the baseline",
+    )
+    ap.add_argument(
+        "--takeover",
+        action="store_true",
+        help="two operators with kopf peering; the active one is killed halfway through the churn",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.nodes, args.kernels, args.idle, args.churn = 50, 100, 60.0, 60.0
     # Stopped, it still stops what it started (the cluster's processes are in their own sessions).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    run(args.nodes, args.kernels, args.idle, args.churn)
+    run(args.nodes, args.kernels, args.idle, args.churn, args.baseline, args.takeover)
 
 
 if __name__ == "__main__":

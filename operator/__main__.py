@@ -18,6 +18,7 @@ import kopf
 
 from notebookos.kubeclient import api_client
 
+from .cache import CachedKube
 from .config import ConfigError, OperatorConfig
 from .kube import Kube, Obj
 from .reconcile import Reconciler
@@ -91,10 +92,15 @@ def run(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose, log_prefix=True)  # "[namespace/name]" on object logs
     logging.getLogger("notebookos").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("urllib3").setLevel(logging.INFO)  # one line per request drowns the rest
+    if not args.verbose:
+        # kopf logs each handler's and indexer's success, lines per event at scale; failures stay.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     from . import handlers  # registers the handlers
-    from .handlers import resync
+    from .handlers import cache, resync
 
     resync.register(cfg.resync_seconds)
+    if cfg.watch_cache:
+        cache.register()
     del handlers
     metrics = None
     if args.metrics_port:
@@ -105,8 +111,12 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger(__name__).info("metrics on :%d/metrics", args.metrics_port)
         except OSError as exc:  # reconciling matters more than being scraped: run on, say why
             logging.getLogger(__name__).error("no /metrics: port %d: %s", args.metrics_port, exc.strerror)
+    kube = Kube(api_client())
     try:
-        reconciler = Reconciler(Kube(api_client()), cfg, post_event, metrics=metrics)
+        # CachedKube stands in for Kube: the same calls, its reads of cached kinds from memory.
+        reconciler = Reconciler(
+            cast(Kube, CachedKube(kube)) if cfg.watch_cache else kube, cfg, post_event, metrics=metrics
+        )
     except ConfigError as exc:  # the capacity-request and scale-in settings
         print(f"notebookos operator: {exc}", file=sys.stderr)
         return 2

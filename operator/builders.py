@@ -327,6 +327,22 @@ def shared_store(kernel: NotebookKernel, cfg: OperatorConfig) -> str | None:
     return kernel.spec.storage.url if kernel.spec.storage is not None else cfg.checkpoint_store or None
 
 
+def moved_members(made_for: str | None, members: str, raft_port: int) -> dict[int, tuple[str, str | None]] | None:
+    """What a live router must be told to serve `members` instead of those it was made or last
+    re-pointed for ({replica: (Jupyter address, Raft address or None)}); None if it cannot be
+    re-pointed (no record, or other members: it is made again). An empty record: the kernel
+    hibernated (hibernate.py cleared it) and every replica is new; they started with the complete
+    membership, so no old member needs their Raft addresses."""
+    if made_for is None:
+        return None
+    old, new = parse_peers(made_for), parse_peers(members)
+    fresh = made_for == ""
+    if set(old) != set(new) and not fresh:
+        return None
+    changed = {rid for rid, addr in new.items() if fresh or old.get(rid) != addr}
+    return {rid: (new[rid], None if fresh else f"{new[rid].rsplit(':', 1)[0]}:{raft_port}") for rid in changed}
+
+
 def router_members(addresses: Mapping[int, str], cfg: OperatorConfig) -> str:
     """NOTEBOOKOS_REPLICAS of the router: each replica's Jupyter base address, by replica id."""
     return format_peers(addresses, cfg.jupyter_port)

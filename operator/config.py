@@ -77,6 +77,9 @@ class OperatorConfig:
     # Seconds between resyncs of an unchanged kernel or replica (kopf timers): the level-triggered
     # backstop that retries a reconcile that failed, with no other event needed.
     resync_seconds: int = 60
+    # Reconciles read kernels, replicas, pods and nodes from watch-fed caches (cache.py); off: from
+    # the API server, as before (the scale benchmark's baseline).
+    watch_cache: bool = True
     # How long a cell waits for GPUs (a migration, a new node) before it fails; spec.gpuWaitSeconds overrides.
     gpu_wait_seconds: int = 300
     # A migration whose new pod is not placed on its target by then is rolled back.
@@ -132,6 +135,10 @@ class OperatorConfig:
             kw["wake_timeout_seconds"] = _parse_int("NOTEBOOKOS_WAKE_TIMEOUT_SECONDS", v, 10, 86400)
         if v := env.get("NOTEBOOKOS_RESYNC_SECONDS"):
             kw["resync_seconds"] = _parse_int("NOTEBOOKOS_RESYNC_SECONDS", v, 1, 3600)
+        if v := env.get("NOTEBOOKOS_WATCH_CACHE"):
+            if v not in ("on", "off"):
+                raise ConfigError(f"NOTEBOOKOS_WATCH_CACHE must be on or off, not {v!r}")
+            kw["watch_cache"] = v == "on"
         if v := env.get("NOTEBOOKOS_KERNEL_PYTHON"):
             kw["python"] = v
         return cls(**kw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from kubernetes import client
@@ -15,6 +16,13 @@ Obj = dict[str, Any]
 PLURALS = {r.__name__: r.crd_plural for r in RESOURCES}
 
 
+def _message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except ValueError:
+        return str(exc.reason)
+
+
 def owned_by(obj: Obj, uid: str) -> bool:
     """Whether `obj` names the object with this uid among its owners."""
     return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
@@ -22,6 +30,11 @@ def owned_by(obj: Obj, uid: str) -> bool:
 
 class Conflict(Exception):
     """The object changed since it was read (409); read it again and recompute."""
+
+
+class Refused(Exception):
+    """The API server refused to make an object (403, 422: admission, a missing PriorityClass);
+    the message is the server's."""
 
 
 class Kube:
@@ -62,13 +75,12 @@ class Kube:
             if exc.status != 404:
                 raise
 
-    def patch_annotations(self, kind: str, ns: str, name: str, annotations: dict[str, str | None]) -> None:
+    def patch_annotations(self, kind: str, ns: str, name: str, annotations: dict[str, str | None]) -> Obj:
         """Merge-patch metadata.annotations (None removes a key) of a custom object or a pod."""
         body = {"metadata": {"annotations": annotations}}
         if kind == "Pod":
-            self.core.patch_namespaced_pod(name, ns, body)
-        else:
-            self.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[kind], name, body)
+            return self._dict(self.core.patch_namespaced_pod(name, ns, body))
+        return dict(self.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[kind], name, body))
 
     def patch_status(self, obj: Obj, status: dict[str, Any]) -> Obj:
         """Merge-patch these status fields (None removes one) of the object as read: its
@@ -113,6 +125,8 @@ class Kube:
         except ApiException as exc:
             if exc.status == 409:
                 return None
+            if exc.status in (403, 422):
+                raise Refused(_message(exc)) from exc
             raise
         raise ValueError(f"cannot create kind {kind}")
 

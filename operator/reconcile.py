@@ -7,6 +7,7 @@ objects in the API server, so an operator restarted at any point picks up where 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import os
@@ -28,13 +29,14 @@ from notebookos.api import (
 )
 from notebookos.policy import hibernation
 
-from . import builders, hibernate, migration, naming, router_control
+from . import builders, cache, hibernate, migration, naming, router_control
 from . import status as st
 from .capacity import CapacityConfig
 from .config import OperatorConfig
 from .kube import Conflict, Kube, Obj, owned_by
 from .metrics import KernelMetrics, KernelSample
 from .reconcile_moves import Moves
+from .repoint import Repoints
 from .scale_in import ScaleIn, ScaleInConfig
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class Reconciler(Moves):
         # Mutual exclusion only (one reconcile per object at a time inside this process); no state.
         self._guard = threading.Lock()
         self._locks: dict[Hashable, threading.Lock] = {}
+        self._waiting: dict[tuple[Hashable, Hashable], threading.Event] = {}
         self._timers: dict[Hashable, threading.Timer] = {}
         # A cache, not state: the kernels whose fixed children (Secret, Services, PDB, RBAC) this
         # process has made or seen, with their router Service. Event-driven reconciles skip those
@@ -75,20 +78,40 @@ class Reconciler(Moves):
         # timer's reconcile (verify) reads them all again, so a deleted child is made again.
         self._made: dict[tuple[str, str], tuple[str, Obj]] = {}
         self.hibernator = hibernate.Hibernator(kube, cfg)
+        self.repoints = Repoints()
 
     def _lock(self, key: Hashable) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def _retrying(self, key: Hashable, fn: Callable[[], None]) -> None:
-        with self._lock(key):
-            for _ in range(ATTEMPTS):
-                try:
-                    fn()
-                    return
-                except Conflict:
-                    continue  # someone wrote the object meanwhile: read again, decide again
-            log.warning("gave up on %s after %d conflicting writes; the next event retries", key, ATTEMPTS)
+    def _retrying(self, key: Hashable, fn: Callable[[], None], variant: Hashable = None) -> None:
+        # Coalesced: while a reconcile of an object runs, one more (of each variant) waits for it;
+        # a third caller waits for that one's run instead of running again: it begins after the
+        # third's call, so it reads the cluster after that caller's event too (a kernel's replicas
+        # and pods send bursts of events, each asking for a reconcile). Every caller still returns
+        # only after a reconcile that began after its call.
+        waiting = (key, variant)
+        with self._guard:
+            turn = self._waiting.get(waiting)
+            mine = turn is None
+            if turn is None:
+                turn = self._waiting[waiting] = threading.Event()
+        if not mine:
+            turn.wait()
+            return
+        try:
+            with self._lock(key):
+                with self._guard:
+                    del self._waiting[waiting]  # from now on, a new caller waits for the next run
+                for _ in range(ATTEMPTS):
+                    try:
+                        fn()
+                        return
+                    except Conflict:
+                        continue  # someone wrote the object meanwhile: read again, decide again
+                log.warning("gave up on %s after %d conflicting writes; the next event retries", key, ATTEMPTS)
+        finally:
+            turn.set()
 
     def _write_status(self, obj: Obj, old: Any, new: Any, events: list[st.Event]) -> bool:
         """Write the operator's fields of `new` that differ from `old` (owners.py: other writers'
@@ -106,8 +129,10 @@ class Reconciler(Moves):
     # ------------------------------------------------------------------------------------------ kernel
 
     def kernel(self, ns: str, name: str, verify: bool = False) -> None:
-        """Reconcile a kernel; `verify` reads again what this process knows it made."""
-        self._retrying(("kernel", ns, name), lambda: self._kernel_once(ns, name, verify))
+        """Reconcile a kernel; `verify` (the resync) reads again what this process knows it made,
+        and reads the API server, not the watch-fed cache."""
+        with cache.direct() if verify else contextlib.nullcontext():
+            self._retrying(("kernel", ns, name), lambda: self._kernel_once(ns, name, verify), verify)
         # Cluster-wide, rate-limited: kernel reconciles (events and resync timers) drive it, so it
         # runs only in the operator that acts (kopf peering) and needs no handler of its own.
         self.scale_in.maybe_run()
@@ -232,21 +257,9 @@ class Reconciler(Moves):
 
     def _repoint_router(self, kernel: NotebookKernel, pod: Obj, made_for: str | None, members: str) -> bool:
         """Tell the live router the moved replicas' new addresses; False if it cannot be reached."""
-        if made_for is None:
-            return False
-        old, new = builders.parse_peers(made_for), builders.parse_peers(members)
-        # No members recorded: the kernel hibernated (hibernate.py cleared them) and every replica
-        # is new; they started with the complete membership and no old member is left to tell.
-        # Else the moved ones' Raft addresses go to the others too.
-        fresh = made_for == ""
-        if set(old) != set(new) and not fresh:
-            return False
-        changed = {rid for rid, addr in new.items() if fresh or old.get(rid) != addr}
-        moved: dict[int, tuple[str, str | None]] = {
-            rid: (new[rid], None if fresh else f"{new[rid].rsplit(':', 1)[0]}:{self.cfg.raft_port}") for rid in changed
-        }
-        endpoint = self.hibernator.router_endpoint(kernel, pod)  # its IP, if live; the key
-        return endpoint is not None and router_control.update_peers(*endpoint, moved)
+        moved = builders.moved_members(made_for, members, self.cfg.raft_port)
+        endpoint = self.hibernator.router_endpoint(kernel, pod) if moved else None  # its IP, if live; the key
+        return moved is not None and endpoint is not None and router_control.update_peers(*endpoint, moved)
 
     def _children(self, kernel: NotebookKernel, owner: Obj) -> Obj | None:
         """Make what a kernel has once (Secret, Services, PDB, its RBAC) where missing; returns
@@ -290,12 +303,24 @@ class Reconciler(Moves):
             node_gone = bool(node) and not kube.node_exists(node)
             made_for = ((pod.get("metadata") or {}).get("annotations") or {}).get(naming.ROUTER_MEMBERS_ANNOTATION)
             moved = members is not None and made_for != members
-            if moved and not node_gone and members is not None and self._repoint_router(kernel, pod, made_for, members):
-                # Re-pointed live, so connected clients keep their connection; the annotation
-                # records the members it now has.
-                log.info("router %s/%s re-pointed at the moved replicas (%s)", ns, pod_name, members)
-                kube.patch_annotations("Pod", ns, pod_name, {naming.ROUTER_MEMBERS_ANNOTATION: members})
-                return pod
+            live = pod
+            repointable = builders.moved_members(made_for, members or "", self.cfg.raft_port) is not None
+            if moved and not node_gone and st.pod_is_live(pod) and repointable:
+                # Re-pointed live, so connected clients keep their connection (repoint.py: off this
+                # thread; not ready meanwhile); the annotation records the members it now has.
+                want = members or ""
+                ok = self.repoints.outcome(
+                    (ns, name),
+                    want,
+                    lambda: self._repoint_router(kernel, live, made_for, want),
+                    lambda: self.kernel(ns, name),
+                )
+                if ok is None:
+                    return None
+                if ok:
+                    log.info("router %s/%s re-pointed at the moved replicas (%s)", ns, pod_name, members)
+                    kube.patch_annotations("Pod", ns, pod_name, {naming.ROUTER_MEMBERS_ANNOTATION: members})
+                    return pod
             if node_gone or moved or not st.pod_is_live(pod):
                 log.info("replacing router %s/%s (node gone: %s, replicas moved: %s)", ns, pod_name, node_gone, moved)
                 kube.delete_pod(ns, pod_name, force=node_gone)
@@ -308,8 +333,9 @@ class Reconciler(Moves):
 
     # ------------------------------------------------------------------------------------------ replica
 
-    def replica(self, ns: str, name: str) -> None:
-        self._retrying(("replica", ns, name), lambda: self._replica_once(ns, name))
+    def replica(self, ns: str, name: str, verify: bool = False) -> None:
+        with cache.direct() if verify else contextlib.nullcontext():
+            self._retrying(("replica", ns, name), lambda: self._replica_once(ns, name), verify)
 
     def _replica_once(self, ns: str, name: str) -> None:
         kube = self.kube

@@ -15,7 +15,7 @@ from . import capacity, migration, naming, scaling
 from . import status as st
 from .capacity import CapacityConfig
 from .config import OperatorConfig
-from .kube import Kube, Obj, owned_by
+from .kube import Kube, Obj, Refused, owned_by
 from .metrics import KernelMetrics
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,19 @@ class Moves:
                 break
             if capacity.pod_name(name, i) not in names:
                 pod = capacity.capacity_pod(kernel, owner, i, cap)
-                if self.kube.create(pod) is not None:
-                    made.append(pod["metadata"]["name"])
+                try:
+                    if self.kube.create(pod) is not None:
+                        made.append(pod["metadata"]["name"])
+                except Refused as exc:
+                    # E.g. no PriorityClass (the chart makes it): the kernel's status still says
+                    # why it waits, and what stopped the request.
+                    msg = f"cannot ask the autoscaler for {want.nodes} GPU node(s) ({want.why}): {exc}"
+                    old = st.get_condition(conds, ConditionType.CAPACITY_REQUESTED)
+                    if old is None or old.message != msg:
+                        self.post(obj, st.Event("Warning", "CapacityRequestRefused", msg))
+                    return st.set_condition(
+                        conds, ConditionType.CAPACITY_REQUESTED, ConditionStatus.FALSE, "Refused", msg, now, gen
+                    )
         pending = len(have) + len(made)
         msg = (
             f"asked the autoscaler for {want.nodes} GPU node(s) of {cap.gpus_per_node} GPUs ({want.why}); "

@@ -195,7 +195,11 @@ def plan_replica_pods(
         if gone or not p["metadata"].get("deletionTimestamp"):
             delete.append(p["metadata"]["name"])
     if current is not None:
-        return PodPlan(current, tuple(delete), None, None)
+        # Made by an earlier try of this reconcile whose status write conflicted: the reason the
+        # recorded pod went still goes with the replacement's event.
+        old = next((p for p in pods if p["metadata"]["name"] == status.pod_name), None)
+        replaced = pod_incarnation(current) > status.incarnation > 0 and not (old and pod_is_live(old, existing_nodes))
+        return PodPlan(current, tuple(delete), None, loss_reason(old, existing_nodes) if replaced else None)
     lost = loss_reason(newest_dead, existing_nodes) if seen > 0 else None
     return PodPlan(None, tuple(delete), seen + 1, lost)
 

@@ -182,7 +182,7 @@ class Cluster:
                 f"--bind-address={host}",
                 f"--advertise-address={host}",
                 f"--secure-port={api_port}",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                "--service-cluster-ip-range=10.0.0.0/16",  # room for the scale benchmark's thousands of kernels
                 "--allow-privileged=true",
                 "--authorization-mode=Node,RBAC",
                 f"--tls-cert-file={p.serving_cert}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,7 +97,15 @@ class Stack:
         self.start_operator()
         return self
 
-    def start_operator(self, name: str = "operator") -> None:
+    def start_operator(
+        self,
+        name: str = "operator",
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        peering: tuple[str, int] | None = None,
+    ) -> None:
+        """`args` and `env`: beside the defaults and extra_operator_env (the scale benchmark's
+        baseline); `peering`: (peering object, priority) instead of --standalone."""
         c = self.cluster
         port = free_port()
         self.operator_health = f"http://127.0.0.1:{port}/healthz"
@@ -108,14 +117,15 @@ class Stack:
                 sys.executable,
                 "-m",
                 "notebookos.operator",
-                "--standalone",
+                *(["--standalone"] if peering is None else ["--peering", peering[0], "--priority", str(peering[1])]),
                 f"--liveness={self.operator_health}",
                 f"--metrics-port={metrics_port}",
                 f"--scheduler-name={labels.SCHEDULER_NAME}",
                 f"--broker-url={self.broker_url}",
                 *([f"--runner={labels.RUNNER_VALUE}"] if self.process_pods else []),
+                *args,
             ],
-            env=self.extra_operator_env,
+            env={**self.extra_operator_env, **(env or {})},
             ready_url=self.operator_health,
         )
 

@@ -25,7 +25,7 @@ def kernel_resync(name: str, namespace: str | None, memo: Any, **_: Any) -> None
 
 def replica_resync(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     reconciler: Reconciler = memo["reconciler"]
-    reconciler.replica(namespace or "", name)
+    reconciler.replica(namespace or "", name, verify=True)  # the API server's view, not the cache's
 
 
 def register(interval: float, registry: kopf.OperatorRegistry | None = None) -> None:

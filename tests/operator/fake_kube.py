@@ -11,30 +11,14 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from notebookos.operator.cache import index_entries, matches
 from notebookos.operator.kube import Conflict, Obj
 
 Key = tuple[str, str, str]  # kind, namespace, name
-
-
-def _matches(labels: dict[str, str], selector: str) -> bool:
-    for term in filter(None, (t.strip() for t in selector.split(","))):
-        if "!=" in term:
-            k, v = term.split("!=", 1)
-            if labels.get(k) == v:
-                return False
-        elif "=" in term:
-            k, v = term.split("=", 1)
-            if labels.get(k) != v.lstrip("="):
-                return False
-        elif term.startswith("!"):
-            if term[1:] in labels:
-                return False
-        elif term not in labels:
-            return False
-    return True
 
 
 def _merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
@@ -54,6 +38,8 @@ class FakeKube:
         self._rv = itertools.count(1)
         self.status_patches: list[tuple[str, str, dict[str, Any]]] = []  # kind, name, the status sent
         self.before_status_write: Callable[[Obj], None] | None = None  # another writer, just in time
+        self.reads: Counter[str] = Counter()  # API reads by kind, as the API server would count them
+        self.watch = FakeWatch(self)
 
     # ------------------------------------------------------------------ helpers for tests
 
@@ -83,16 +69,18 @@ class FakeKube:
         return self.get(kind, ns, name)
 
     def list_custom(self, kind: str, ns: str, selector: str) -> list[Obj]:
-        return [o for o in self.of_kind(kind, ns) if _matches(o["metadata"].get("labels") or {}, selector)]
+        self.reads[kind] += 1
+        return [o for o in self.of_kind(kind, ns) if matches(o["metadata"].get("labels") or {}, selector)]
 
     def list_custom_all(self, kind: str) -> list[Obj]:
+        self.reads[kind] += 1
         return self.of_kind(kind)
 
     def delete_custom(self, kind: str, ns: str, name: str) -> None:
         self.objects.pop((kind, ns, name), None)
 
-    def patch_annotations(self, kind: str, ns: str, name: str, annotations: dict[str, str | None]) -> None:
-        self.merge(kind, ns, name, {"metadata": {"annotations": annotations}})
+    def patch_annotations(self, kind: str, ns: str, name: str, annotations: dict[str, str | None]) -> Obj:
+        return self.merge(kind, ns, name, {"metadata": {"annotations": annotations}})
 
     def patch_status(self, obj: Obj, status: dict[str, Any]) -> Obj:
         meta = obj["metadata"]
@@ -112,10 +100,12 @@ class FakeKube:
         return self.put(manifest)
 
     def get(self, kind: str, ns: str, name: str) -> Obj | None:
+        self.reads[kind] += 1
         obj = self.objects.get((kind, ns, name))
         return copy.deepcopy(obj) if obj is not None else None
 
     def exists(self, kind: str, ns: str, name: str) -> bool:
+        self.reads[kind] += 1
         return (kind, ns, name) in self.objects
 
     def patch_configmap_data(self, ns: str, name: str, data: dict[str, str | None]) -> None:
@@ -129,10 +119,12 @@ class FakeKube:
         return self.list_custom("Pod", ns, selector)
 
     def list_all_pods(self, selector: str) -> list[Obj]:
-        return [o for o in self.of_kind("Pod") if _matches(o["metadata"].get("labels") or {}, selector)]
+        self.reads["Pod"] += 1
+        return [o for o in self.of_kind("Pod") if matches(o["metadata"].get("labels") or {}, selector)]
 
     def list_nodes(self, selector: str = "") -> list[Obj]:
-        return [o for o in self.of_kind("Node") if _matches(o["metadata"].get("labels") or {}, selector)]
+        self.reads["Node"] += 1
+        return [o for o in self.of_kind("Node") if matches(o["metadata"].get("labels") or {}, selector)]
 
     def set_node_taints(self, name: str, resource_version: str | None, taints: list[Obj]) -> None:
         self.merge("Node", "", name, {"spec": {"taints": taints}})
@@ -148,3 +140,28 @@ class FakeKube:
 
     def node_exists(self, name: str) -> bool:
         return self.exists("Node", "", name)
+
+
+class FakeWatch:
+    """What the operator's watches have shown (a cache.View): a snapshot of the FakeKube, taken by
+    `sync`, so that a test decides how far each kind's watch lags the objects."""
+
+    def __init__(self, kube: FakeKube) -> None:
+        self.kube = kube
+        self.entries: dict[str, dict[tuple[str, str, str], list[Obj]]] = {}
+
+    def sync(self, *kinds: str) -> None:
+        """Deliver every change so far of these kinds (all the cached kinds by default)."""
+        for kind in kinds or ("NotebookKernel", "KernelReplica", "Pod", "Node"):
+            index: dict[tuple[str, str, str], list[Obj]] = {}
+            for obj in self.kube.of_kind(kind):
+                for key, value in index_entries(obj).items():
+                    index.setdefault(key, []).append(value)
+            self.entries[kind] = index
+
+    def by_name(self, kind: str, ns: str, name: str) -> Obj | None:
+        found = self.entries.get(kind, {}).get(("name", ns, name), [])
+        return copy.deepcopy(found[0]) if found else None
+
+    def by_kernel(self, kind: str, ns: str, kernel: str) -> list[Obj]:
+        return copy.deepcopy(self.entries.get(kind, {}).get(("kernel", ns, kernel), []))

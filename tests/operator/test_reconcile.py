@@ -157,3 +157,74 @@ def test_event_reconciles_skip_the_fixed_children_and_the_resync_makes_a_deleted
     assert not kube.exists("Secret", NS, "k-key"), "until the resync"
     rec.kernel(NS, "k", verify=True)
     assert kube.exists("Secret", NS, "k-key"), "the resync reads them all and makes the missing one"
+
+
+def test_a_refused_capacity_request_still_writes_the_kernels_status(cfg: OperatorConfig) -> None:
+    """No PriorityClass for capacity requests (the API server's 403): the kernel's status still
+    says why it waits, and what refused the request, instead of the reconcile stopping there."""
+    from notebookos.operator.kube import Refused
+
+    class NoPriorityClass(FakeKube):
+        def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+            if "capacity" in manifest["metadata"]["name"]:
+                raise Refused("no PriorityClass with name notebookos-capacity-request was found")
+            return super().create(manifest)
+
+    kube = NoPriorityClass()
+    kube.put(kernel_obj())
+    rec, posted = _reconciler(kube, cfg)
+    rec.kernel(NS, "k")
+    unschedulable = {"type": "Scheduled", "status": "False", "reason": "Unschedulable", "message": "0/2 nodes"}
+    kube.merge("KernelReplica", NS, "k-3", {"status": {"conditions": [unschedulable]}})
+    rec.kernel(NS, "k")
+    status = kube.get_custom("NotebookKernel", NS, "k")["status"]  # type: ignore[index]
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["CapacityRequested"]["reason"] == "Refused", conds["CapacityRequested"]
+    assert "no PriorityClass" in conds["CapacityRequested"]["message"]
+    assert any(e.reason == "CapacityRequestRefused" for e in posted)
+
+
+def test_a_burst_of_reconciles_of_one_kernel_runs_at_most_two(cfg: OperatorConfig) -> None:
+    """While one reconcile of a kernel runs, one more waits (it reads the cluster after every event
+    so far); a further caller waits for that one's run instead of queueing the same work."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    runs: list[str] = []
+
+    class Slow(FakeKube):
+        def get_custom(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
+            if kind == "NotebookKernel":
+                runs.append(name)
+                started.set()
+                release.wait(10)
+            return super().get_custom(kind, ns, name)
+
+    kube = Slow()
+    kube.put(kernel_obj())
+    rec, _ = _reconciler(kube, cfg)
+    first = threading.Thread(target=rec.kernel, args=(NS, "k"))
+    first.start()
+    assert started.wait(10)
+    second = threading.Thread(target=rec.kernel, args=(NS, "k"))
+    second.start()
+    while (("kernel", NS, "k"), False) not in rec._waiting:  # the second waits for the first
+        second.join(0.01)
+    joined = threading.Event()
+
+    class Spy(dict):  # type: ignore[type-arg]
+        def get(self, k: Any, default: Any = None) -> Any:
+            turn = super().get(k, default)
+            if turn is not None:
+                joined.set()  # a caller found the waiting one's turn
+            return turn
+
+    rec._waiting = Spy(rec._waiting)
+    third = threading.Thread(target=rec.kernel, args=(NS, "k"))
+    third.start()
+    assert joined.wait(10)
+    release.set()
+    for t in (first, second, third):
+        t.join(10)
+        assert not t.is_alive()
+    assert runs == ["k", "k"], "the waiting one ran, for the third too"

@@ -105,6 +105,16 @@ def test_plan_after_restart_adopts_a_pod_the_status_does_not_know_yet() -> None:
     assert plan.create_incarnation is None
 
 
+def test_plan_after_a_conflicting_write_still_says_why_the_pod_was_replaced() -> None:
+    # The try that made k-1-i2 lost its status write to a conflict; the next try finds i2 made.
+    status = KernelReplicaStatus(incarnation=1, pod_name="k-1-i1")
+    plan = st.plan_replica_pods(status, [pod_obj("k-1-i2", 2)], {"n1"})
+    assert plan.create_incarnation is None and plan.lost == "its pod was deleted"
+    failed = pod_obj("k-1-i1", 1, phase="Failed")
+    plan = st.plan_replica_pods(status, [failed, pod_obj("k-1-i2", 2)], {"n1"})
+    assert plan.lost is not None and plan.lost.startswith("pod k-1-i1 failed")
+
+
 @given(
     hs.integers(0, 5),
     hs.lists(
