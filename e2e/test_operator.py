@@ -590,6 +590,7 @@ def test_the_chart_renders_and_the_api_server_accepts_it(bed: Bed) -> None:
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "NetworkPolicy",
         "PriorityClass",
         "Service",
         "ServiceAccount",
@@ -598,6 +599,7 @@ def test_the_chart_renders_and_the_api_server_accepts_it(bed: Bed) -> None:
     assert "priorityclass.scheduling.k8s.io/notebookos-capacity-request" in out.stdout
     assert "deployment.apps/notebookos-operator created (server dry run)" in out.stdout
     assert "service/notebookos-operator-metrics created (server dry run)" in out.stdout
+    assert "networkpolicy.networking.k8s.io/notebookos-operator created (server dry run)" in out.stdout
     # The RBAC the chart installs is the file these tests run the operator with.
     rbac = (CHART / "templates" / "rbac-operator.yaml").read_text().replace("{{ .Release.Namespace }}", SYSTEM_NS)
     assert [d for d in docs if d["kind"].startswith("Cluster") and d["kind"] != "ClusterKopfPeering"] == [
