@@ -107,7 +107,9 @@ def test_no_second_pod_when_the_pod_cache_lags_the_operators_own_create(
         assert _replica_pods(kube, 2) == ["k-2-i2", "k-2-i3"], "the stale cache would make a second pod"
 
 
-def test_the_operator_reads_its_own_writes_while_the_cache_lags(cfg: OperatorConfig) -> None:
+def _replicas_reported(cfg: OperatorConfig) -> tuple[FakeKube, Any]:
+    """A kernel brought up with its pods not yet ready, whose replicas' status the operator has
+    just written (the watch has shown none of those writes)."""
     kube = FakeKube()
     kube.put(kernel_obj())
     rec = _cached(kube, cfg)
@@ -115,7 +117,12 @@ def test_the_operator_reads_its_own_writes_while_the_cache_lags(cfg: OperatorCon
     _run_pods(kube, ready=False)
     kube.watch.sync()
     for r in kube.of_kind("KernelReplica", NS):
-        rec.replica(NS, r["metadata"]["name"])  # writes the replicas' status; not synced
+        rec.replica(NS, r["metadata"]["name"])
+    return kube, rec
+
+
+def test_the_operator_reads_its_own_writes_while_the_cache_lags(cfg: OperatorConfig) -> None:
+    kube, rec = _replicas_reported(cfg)  # the replicas' status written; not synced
     rec.kernel(NS, "k")  # reads them: the writes' own results
     status = kube.get_custom("NotebookKernel", NS, "k")["status"]  # type: ignore[index]
     assert status["phase"] == "Degraded", "the kernel saw its replicas' new status"
@@ -136,14 +143,7 @@ def test_a_stale_kernel_read_after_a_conflict_goes_to_the_api_server(
     """The router wrote the kernel after the operator's last status write, and the watch has shown
     neither: the operator's write conflicts, and its retry reads the API server, not the cache
     (which would conflict five times over)."""
-    kube = FakeKube()
-    kube.put(kernel_obj())
-    rec = _cached(kube, cfg)
-    _bring_up(rec, kube)
-    _run_pods(kube, ready=False)
-    kube.watch.sync()
-    for r in kube.of_kind("KernelReplica", NS):
-        rec.replica(NS, r["metadata"]["name"])
+    kube, rec = _replicas_reported(cfg)
     kube.watch.sync("KernelReplica", "Pod")
     rec.kernel(NS, "k")  # writes Degraded; the kernels' watch does not show it
     written = kube.status_patches[-1]
