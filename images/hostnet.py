@@ -86,20 +86,26 @@ class Snapshot:
                 subprocess.run(["ip", "link", "delete", veth], capture_output=True, check=False)
             if bridge in links():
                 subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False)
-        now = _iptables()
-        for key, (chains, rules) in now.items():
+        for key, (chains, rules) in self._new_iptables().items():
             family, table = key.split()
-            before_chains, before_rules = self.rules.get(key, (frozenset(), ()))
-            for rule in reversed([r for r in rules if r not in before_rules]):
+            for rule in reversed(rules):
                 subprocess.run([family, "-t", table, "-D", *shlex.split(rule)[1:]], capture_output=True, check=False)
             for flag in ("-F", "-X"):
-                for chain in chains - before_chains:
+                for chain in chains:
                     subprocess.run([family, "-t", table, flag, chain], capture_output=True, check=False)
         for key, value in self.sysctls.items():
             path = Path("/proc/sys") / key
             if path.read_text().strip() != value:
                 path.write_text(value)
         return self.left(bridges)
+
+    def _new_iptables(self) -> dict[str, tuple[list[str], list[str]]]:
+        """The chains (sorted) and rules (in order) of each table that the snapshot did not have."""
+        out = {}
+        for key, (chains, rules) in _iptables().items():
+            before_chains, before_rules = self.rules.get(key, (frozenset(), ()))
+            out[key] = (sorted(chains - before_chains), [r for r in rules if r not in before_rules])
+        return out
 
     def new_netns(self) -> list[str]:
         """containerd's network namespaces made since the snapshot."""
@@ -108,9 +114,8 @@ class Snapshot:
     def left(self, bridges: list[str]) -> list[str]:
         out = [f"netns {n}" for n in self.new_netns()]
         out += [f"link {b}" for b in bridges if b in links()]
-        for key, (chains, rules) in _iptables().items():
-            before_chains, before_rules = self.rules.get(key, (frozenset(), ()))
-            out += [f"{key} chain {c}" for c in sorted(chains - before_chains)]
-            out += [f"{key} rule {r}" for r in rules if r not in before_rules]
+        for key, (chains, rules) in self._new_iptables().items():
+            out += [f"{key} chain {c}" for c in chains]
+            out += [f"{key} rule {r}" for r in rules]
         out += [f"sysctl {k}={v} (was {self.sysctls[k]})" for k, v in _sysctls().items() if v != self.sysctls.get(k)]
         return out

@@ -27,7 +27,7 @@ from images.realnode import Join, RealNode, binary_image, pause_image, save_imag
 from notebookos import labels
 
 LOCK = Path("/tmp/notebookos-realnode.lock")
-CLUSTER_CIDR = "10.244.0.0/16"  # not podman's 10.88.0.0/16, not the Service range 10.0.0.0/24
+CLUSTER_CIDR = "10.244.0.0/16"  # not podman's 10.88.0.0/16, not the Service range 10.0.0.0/16
 GPUS_PER_NODE = 2
 CHART = ROOT / "charts" / "notebookos"
 SCHEDULER_IMAGE = "localhost/notebookos/kube-scheduler"

@@ -255,11 +255,11 @@ class Reconciler(Moves):
             self._wake_up(max(0.0, (decision.due - now).total_seconds()), ("hibernate", ns, name), again)
         return new, None
 
-    def _repoint_router(self, kernel: NotebookKernel, pod: Obj, made_for: str | None, members: str) -> bool:
-        """Tell the live router the moved replicas' new addresses; False if it cannot be reached."""
-        moved = builders.moved_members(made_for, members, self.cfg.raft_port)
+    def _repoint_router(self, kernel: NotebookKernel, pod: Obj, moved: dict[int, tuple[str, str | None]]) -> bool:
+        """Tell the live router the moved replicas' new addresses (builders.moved_members); False if
+        it cannot be reached."""
         endpoint = self.hibernator.router_endpoint(kernel, pod) if moved else None  # its IP, if live; the key
-        return moved is not None and endpoint is not None and router_control.update_peers(*endpoint, moved)
+        return endpoint is not None and router_control.update_peers(*endpoint, moved)
 
     def _children(self, kernel: NotebookKernel, owner: Obj) -> Obj | None:
         """Make what a kernel has once (Secret, Services, PDB, its RBAC) where missing; returns
@@ -303,16 +303,15 @@ class Reconciler(Moves):
             node_gone = bool(node) and not kube.node_exists(node)
             made_for = ((pod.get("metadata") or {}).get("annotations") or {}).get(naming.ROUTER_MEMBERS_ANNOTATION)
             moved = members is not None and made_for != members
-            live = pod
-            repointable = builders.moved_members(made_for, members or "", self.cfg.raft_port) is not None
-            if moved and not node_gone and st.pod_is_live(pod) and repointable:
+            changes = builders.moved_members(made_for, members or "", self.cfg.raft_port)
+            if moved and not node_gone and st.pod_is_live(pod) and changes is not None:
                 # Re-pointed live, so connected clients keep their connection (repoint.py: off this
                 # thread; not ready meanwhile); the annotation records the members it now has.
-                want = members or ""
+                live, told = pod, changes
                 ok = self.repoints.outcome(
                     (ns, name),
-                    want,
-                    lambda: self._repoint_router(kernel, live, made_for, want),
+                    members or "",
+                    lambda: self._repoint_router(kernel, live, told),
                     lambda: self.kernel(ns, name),
                 )
                 if ok is None:

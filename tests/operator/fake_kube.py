@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from notebookos.operator.cache import index_entries, matches
+from notebookos.operator.cache import CACHED, index_entries, matches
 from notebookos.operator.kube import Conflict, Obj
 
 Key = tuple[str, str, str]  # kind, namespace, name
@@ -152,7 +152,7 @@ class FakeWatch:
 
     def sync(self, *kinds: str) -> None:
         """Deliver every change so far of these kinds (all the cached kinds by default)."""
-        for kind in kinds or ("NotebookKernel", "KernelReplica", "Pod", "Node"):
+        for kind in kinds or CACHED:
             index: dict[tuple[str, str, str], list[Obj]] = {}
             for obj in self.kube.of_kind(kind):
                 for key, value in index_entries(obj).items():
