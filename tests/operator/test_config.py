@@ -147,6 +147,13 @@ def test_resync_seconds_from_env_and_bounds() -> None:
         OperatorConfig.from_env({"NOTEBOOKOS_RESYNC_SECONDS": "0"})
 
 
+def test_the_watch_cache_is_on_by_default_and_takes_only_on_or_off() -> None:
+    assert OperatorConfig.from_env({}).watch_cache is True
+    assert OperatorConfig.from_env({"NOTEBOOKOS_WATCH_CACHE": "off"}).watch_cache is False
+    with pytest.raises(ConfigError, match="NOTEBOOKOS_WATCH_CACHE must be on or off, not 'no'"):
+        OperatorConfig.from_env({"NOTEBOOKOS_WATCH_CACHE": "no"})
+
+
 def test_resync_timers_cover_kernels_and_replicas() -> None:
     from notebookos.operator.handlers import resync
 
